@@ -1,0 +1,33 @@
+# cfsboot developer entry points.  `make test` is what CI runs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup deps example test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: deps $(VENV)/.installed
+
+# Debian tools the tests compare against (only when root; otherwise those tests skip).
+deps:
+	@bash scripts/install-debian-deps.sh
+
+example: setup
+	bash scripts/example.sh
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(PY) bench/digest.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from cfsboot.cli.main import main
+
+sys.exit(main())
