@@ -12,8 +12,13 @@ from cfsboot.errors import CfsError
 
 # Each module defines ``register(subparsers)``; a command sets ``func(args) -> int``.
 COMMAND_MODULES: tuple[str, ...] = (
-    "cfsboot.cli.composefs",
+    "cfsboot.cli.mkcomposefs",
+    "cfsboot.cli.composefs_info",
     "cfsboot.cli.container",
+    "cfsboot.cli.repo",
+    "cfsboot.cli.image",
+    "cfsboot.cli.keys",
+    "cfsboot.cli.uki",
 )
 
 
