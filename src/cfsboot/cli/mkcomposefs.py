@@ -1,0 +1,155 @@
+"""``cfsboot mkcomposefs``: a drop-in for C ``mkcomposefs`` (and composefs-rs's).
+
+Without ``--format``/``--hash`` it follows C mkcomposefs exactly: dumpfiles
+are parsed with C semantics, the version is chosen from ``--min-version`` /
+``--max-version`` with C's automatic bump, object ids are SHA-256 and a
+directory is scanned the way C does (all xattrs, hard links not detected).
+``--format N`` (and/or ``--hash``) selects composefs-rs semantics instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+
+from cfsboot.atomic import atomic_write_bytes
+from cfsboot.erofs.writer import c_effective_version, mkfs_erofs
+from cfsboot.errors import CfsError
+from cfsboot.fsverity import fsverity_digest
+from cfsboot.tree.digest_store import FlatDigestStore
+from cfsboot.tree.dumpfile import parse_dumpfile
+from cfsboot.tree.model import BlockDevice, CharDevice, Directory, walk
+from cfsboot.tree.scan import ScanOptions, scan_directory
+
+# C mkcomposefs defaults (LCFS_DEFAULT_VERSION_MIN/MAX).
+C_DEFAULT_MIN_VERSION = 0
+C_DEFAULT_MAX_VERSION = 1
+C_MAX_SUPPORTED_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What kind of image to make: C-compatible or composefs-rs."""
+    c_compat: bool
+    hash_alg: str
+    min_version: int
+    max_version: int
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "mkcomposefs",
+        help="make a composefs image from a directory or a dumpfile",
+        description="Make a composefs EROFS image, compatible with C mkcomposefs "
+        "(default) or composefs-rs (--format/--hash).")
+    p.add_argument("source", metavar="SOURCE", help="directory, or dumpfile with --from-file ('-' = stdin)")
+    p.add_argument("image", metavar="IMAGE", nargs="?", help="output image, '-' for stdout")
+    p.add_argument("--from-file", action="store_true", help="SOURCE is a dumpfile")
+    p.add_argument("--min-version", type=int, metavar="N", help="minimal format version (C: default 0)")
+    p.add_argument("--max-version", type=int, metavar="N", help="maximal format version (C: default 1)")
+    p.add_argument("--format", type=int, choices=(0, 1, 2),
+                   help="composefs-rs EROFS format version (selects composefs-rs semantics)")
+    p.add_argument("--hash", choices=("sha256", "sha512"),
+                   help="fs-verity hash of object ids and the digest (selects composefs-rs semantics)")
+    p.add_argument("--digest-store", metavar="DIR", help="copy file contents into DIR/xx/rest")
+    p.add_argument("--print-digest", action="store_true", help="print the image digest")
+    p.add_argument("--print-digest-only", action="store_true",
+                   help="print the image digest, don't write the image")
+    p.add_argument("--use-epoch", action="store_true", help="make all mtimes zero")
+    p.add_argument("--skip-devices", action="store_true", help="don't store device nodes")
+    p.add_argument("--skip-xattrs", action="store_true", help="don't store file xattrs")
+    p.add_argument("--user-xattrs", action="store_true", help="only store user.* xattrs")
+    p.add_argument("--threads", type=int, metavar="N", help="hashing threads (default: CPUs)")
+    p.set_defaults(func=run)
+
+
+def choose_mode(args: argparse.Namespace) -> Mode:
+    if args.format is not None or args.hash is not None:
+        if args.min_version is not None or args.max_version is not None:
+            raise CfsError("--min-version/--max-version are C options; use --format with --hash")
+        fmt = 1 if args.format is None else args.format
+        return Mode(False, args.hash or "sha256", fmt, fmt)
+    if args.min_version is None and args.max_version is None:
+        lo, hi = C_DEFAULT_MIN_VERSION, C_DEFAULT_MAX_VERSION
+    else:
+        # As C: setting either option starts both from 0; max is raised to min.
+        lo = args.min_version or 0
+        hi = max(args.max_version or 0, lo)
+    if not 0 <= lo <= C_MAX_SUPPORTED_VERSION or not 0 <= hi <= C_MAX_SUPPORTED_VERSION:
+        raise CfsError(f"unsupported format version (C mkcomposefs knows 0..{C_MAX_SUPPORTED_VERSION};"
+                       " use --format 2 for composefs-rs V2)")
+    return Mode(True, "sha256", lo, hi)
+
+
+def run(args: argparse.Namespace) -> int:
+    mode = choose_mode(args)
+    if args.print_digest_only and args.image is not None:
+        raise CfsError("cannot specify an output image with --print-digest-only")
+    if not args.print_digest_only and args.image is None:
+        raise CfsError("no output image specified")
+    if args.skip_xattrs and args.user_xattrs:
+        raise CfsError("--skip-xattrs and --user-xattrs conflict")
+    if args.threads is not None and args.threads <= 0:
+        raise CfsError(f"invalid thread count {args.threads}")
+    if args.image == "-" and sys.stdout.isatty():
+        raise CfsError("stdout is a tty; refusing to write an image to it")
+    if not args.source:
+        raise CfsError("empty source path")
+
+    root = load_source(args, mode)
+    if not args.from_file:  # as C: the LCFS_BUILD_* flags only shape a directory scan
+        apply_build_flags(root, use_epoch=args.use_epoch, skip_devices=args.skip_devices,
+                          skip_xattrs=args.skip_xattrs, user_xattrs=args.user_xattrs)
+    version = (c_effective_version(root, mode.min_version, mode.max_version)
+               if mode.c_compat else mode.min_version)
+    image = mkfs_erofs(root, version, c_compat=mode.c_compat)
+
+    if args.image == "-":
+        sys.stdout.buffer.write(image)
+        sys.stdout.buffer.flush()
+    elif args.image is not None:
+        atomic_write_bytes(args.image, image)
+    if args.print_digest or args.print_digest_only:
+        print(fsverity_digest(image, mode.hash_alg).hex())
+    return 0
+
+
+def load_source(args: argparse.Namespace, mode: Mode) -> Directory:
+    if args.from_file:
+        if args.digest_store:
+            raise CfsError("--digest-store needs a directory SOURCE, not a dumpfile")
+        if args.source == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(args.source, "rb") as f:
+                data = f.read()
+        return parse_dumpfile(data, flavor="c" if mode.c_compat else "rs")
+    if not os.path.isdir(args.source):
+        raise CfsError(f"{args.source}: not a directory (use --from-file for a dumpfile)")
+    sink = FlatDigestStore(args.digest_store) if args.digest_store else None
+    options = ScanOptions(alg=mode.hash_alg, inline_max=64,
+                          track_hardlinks=not mode.c_compat, threads=args.threads,
+                          sink=sink, progress=sys.stderr.isatty())
+    return scan_directory(args.source, options).root
+
+
+def apply_build_flags(root: Directory, *, use_epoch: bool, skip_devices: bool,
+                      skip_xattrs: bool, user_xattrs: bool) -> None:
+    """C mkcomposefs's LCFS_BUILD_* flags, applied to a scanned or parsed tree."""
+    if not (use_epoch or skip_devices or skip_xattrs or user_xattrs):
+        return
+    for _path, node in list(walk(root)):
+        st = node.stat
+        if use_epoch:
+            st.mtime_sec = st.mtime_nsec = 0
+        if skip_xattrs:
+            st.xattrs.clear()
+        elif user_xattrs:
+            st.xattrs = {k: v for k, v in st.xattrs.items() if k.startswith(b"user.")}
+        if skip_devices and isinstance(node, Directory):
+            for name, child in list(node.entries.items()):
+                if not isinstance(child, Directory) and isinstance(
+                        child.content, CharDevice | BlockDevice):
+                    del node.entries[name]
