@@ -15,6 +15,7 @@ setup: deps $(VENV)/.installed
 # Debian tools the tests compare against (only when root; otherwise those tests skip).
 deps:
 	@bash scripts/install-debian-deps.sh
+	@bash scripts/setup-c-oracle.sh
 
 example: setup
 	bash scripts/example.sh

@@ -1,0 +1,105 @@
+"""``cfsboot container …``: commands run inside a container build.
+
+Sub-commands are registered here; further ones (lint, inspect, …) live in
+their own modules listed in ``SUBCOMMAND_MODULES``, each defining
+``register(subparsers)`` like a top-level command module.
+
+Heavy modules are imported only when a command runs, so a missing or broken
+layer never breaks the whole CLI and ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from cfsboot.errors import CfsError
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "cfsboot.cli.container_lint",
+    "cfsboot.cli.container_inspect",
+)
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser("container", help="operations on a container image's root filesystem",
+                       description="Operations on a container image's root filesystem.")
+    container_sub = p.add_subparsers(dest="container_command", metavar="SUBCOMMAND",
+                                     required=True)
+    register_compute_composefs_digest(container_sub)
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(container_sub)
+
+
+# ---- compute-composefs-digest ----------------------------------------------
+
+def register_compute_composefs_digest(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "compute-composefs-digest",
+        help="print the bootable composefs digest of a directory",
+        description="Print the bootable composefs digest of a root filesystem, as "
+        "`bootc container compute-composefs-digest` does: the fs-verity SHA-512 digest "
+        "of the V1 EROFS image of the tree after the OCI and boot transforms.")
+    p.add_argument("path", metavar="PATH", nargs="?", default="/target",
+                   help="root of the filesystem (default: /target)")
+    p.add_argument("--write-dumpfile-to", metavar="FILE",
+                   help="also write the transformed tree as a composefs-rs dumpfile")
+    p.add_argument("--hash", choices=("sha256", "sha512"), default="sha512",
+                   help="fs-verity hash for objects and the image (default: sha512)")
+    p.add_argument("--format", type=int, choices=(0, 1, 2), default=1,
+                   help="EROFS format version (default: 1, as bootc)")
+    p.add_argument("--no-boot-transform", action="store_true",
+                   help="skip the boot transform (boot entry checks, emptying /boot and "
+                   "/sysroot, SELinux labels); the OCI transform still applies")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON object (digest, format, hash, counts, time)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="hashing threads (default: usable CPUs)")
+    p.add_argument("--cache", metavar="DIR",
+                   help="reuse digests of unchanged files from DIR (created if needed); "
+                   "DIR must be writable only by you")
+    p.set_defaults(func=run_compute_composefs_digest)
+
+
+def run_compute_composefs_digest(args: argparse.Namespace) -> int:
+    if args.threads is not None and args.threads < 1:
+        raise CfsError(f"invalid thread count {args.threads}")
+    from cfsboot.boot.digest import DigestOptions, compute_composefs_digest
+
+    options = DigestOptions(alg=args.hash, format=args.format,
+                            boot_transform=not args.no_boot_transform, threads=args.threads,
+                            cache_dir=args.cache, progress=sys.stderr.isatty(),
+                            need_tree=bool(args.write_dumpfile_to))
+    result = compute_composefs_digest(args.path, options)
+    if args.write_dumpfile_to:
+        assert result.root is not None  # need_tree
+        from cfsboot.atomic import atomic_write_bytes
+        from cfsboot.tree.dumpfile import write_dumpfile
+        try:
+            atomic_write_bytes(args.write_dumpfile_to, write_dumpfile(result.root))
+        except OSError as e:
+            raise CfsError(f"cannot write {args.write_dumpfile_to}: {e.strerror}") from e
+    if args.json:
+        report: dict[str, Any] = {
+            "digest": result.hexdigest,
+            "format": result.format,
+            "hash": result.alg,
+            "counts": vars(result.counts),
+            "time": {k: round(v, 6) for k, v in result.timings.items()},
+        }
+        print(json.dumps(report, indent=1))
+    else:
+        print(result.hexdigest)
+    return 0

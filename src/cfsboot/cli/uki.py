@@ -1,0 +1,294 @@
+"""``cfsboot uki build|inspect|verify|sign|resign``: unified kernel images and
+Authenticode signatures on any PE image.
+
+Signing takes the certificate (``--cert``) and one way to make the RSA signature:
+``--key FILE`` (PEM or DER private key), or ``--sign-command CMD`` for HSMs and
+remote signers.  The command is split like a shell would (not run by one), gets
+the DER-encoded authenticated attributes on stdin and must print the raw
+RSASSA-PKCS1-v1_5 signature over their SHA-256 on stdout, exiting 0.
+``openssl dgst -sha256 -sign KEY`` is such a command.  A PKCS#11 token key is used
+through OpenSSL's pkcs11 engine (libp11): ``--pkcs11-uri 'pkcs11:token=...;object=...'``
+or, as with sbsign, ``--engine pkcs11 --key URI`` (``--pkcs11-module LIB`` picks the
+token library).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from cryptography import x509
+
+from cfsboot.atomic import atomic_write_bytes
+from cfsboot.boot import authenticode, uki
+from cfsboot.errors import CfsError
+
+# Inputs that are "TEXT or @FILE" on the command line, as in ukify.
+
+
+def _text_or_file(value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    if value.startswith("@"):
+        return Path(value[1:]).read_bytes()
+    return value.encode()
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("uki", help="build, inspect, verify and sign UKIs",
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    usub = p.add_subparsers(dest="uki_command", metavar="COMMAND", required=True)
+
+    b = usub.add_parser("build", help="assemble a UKI from the systemd stub (like ukify build)")
+    b.add_argument("--linux", metavar="FILE", help="kernel image [.linux]; omit for an addon")
+    b.add_argument("--initrd", metavar="FILE", action="append", default=[],
+                   help="initrd [.initrd], repeatable (concatenated, 4-byte aligned)")
+    b.add_argument("--cmdline", metavar="TEXT|@FILE", help="kernel command line [.cmdline]")
+    b.add_argument("--os-release", metavar="TEXT|@FILE",
+                   help="os-release [.osrel] (default with --linux: /etc/os-release, "
+                        "else /usr/lib/os-release)")
+    b.add_argument("--uname", metavar="VERSION", help="kernel release [.uname]")
+    b.add_argument("--devicetree", metavar="FILE", help="devicetree blob [.dtb]")
+    b.add_argument("--splash", metavar="FILE", help="BMP splash image [.splash]")
+    b.add_argument("--pcrpkey", metavar="FILE", help="PEM public key [.pcrpkey]")
+    b.add_argument("--microcode", metavar="FILE", help="microcode cpio [.ucode]")
+    b.add_argument("--sbat", metavar="TEXT|@FILE", action="append", default=[],
+                   help="SBAT entries to merge [.sbat] (default: the uki/uki-addon line)")
+    b.add_argument("--section", metavar="NAME:TEXT|@FILE", action="append", default=[],
+                   help="extra section, repeatable")
+    b.add_argument("--stub", metavar="FILE", help="stub (default: systemd's for --efi-arch)")
+    b.add_argument("--efi-arch", default="x64",
+                   choices=("x64", "ia32", "aa64", "arm", "riscv64", "loongarch64"))
+    b.add_argument("--ukify-layout", choices=uki.LAYOUTS, default="257",
+                   help="section order/.sbat ending of this ukify generation (default 257: "
+                        ".linux last, .sbat NUL-terminated; 258: .linux before .initrd)")
+    b.add_argument("--sign-kernel", action=argparse.BooleanOptionalAction, default=None,
+                   help="also sign the .linux PE (default, as ukify: when signing and the "
+                        "kernel is an unsigned PE)")
+    b.add_argument("--output", "-o", required=True, metavar="FILE")
+    _signing_args(b, required=False)
+    b.set_defaults(func=run_build)
+
+    i = usub.add_parser("inspect", help="list sections, cmdline, composefs digest, signatures")
+    i.add_argument("image", metavar="FILE")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=run_inspect)
+
+    v = usub.add_parser("verify", help="check UKI structure and Authenticode signatures")
+    v.add_argument("image", metavar="FILE")
+    v.add_argument("--cert", action="append", default=[], metavar="FILE",
+                   help="trusted certificate (db); repeatable. Without it signatures are "
+                        "checked for integrity only")
+    v.add_argument("--expect-digest", metavar="HEX", help="required composefs= digest")
+    v.add_argument("--pe-only", action="store_true",
+                   help="only check signatures (any PE image, not necessarily a UKI)")
+    v.add_argument("--allow-unsigned", action="store_true", help="do not require a signature")
+    v.set_defaults(func=run_verify)
+
+    for name, helptext in (("sign", "add an Authenticode signature to a PE image"),
+                           ("resign", "replace all signatures by a new one")):
+        s = usub.add_parser(name, help=helptext)
+        s.add_argument("image", metavar="FILE")
+        s.add_argument("--output", "-o", metavar="FILE", help="default: overwrite FILE")
+        if name == "sign":
+            s.add_argument("--append", action="store_true",
+                           help="add a signature to an already signed image")
+        _signing_args(s, required=True)
+        s.set_defaults(func=run_sign if name == "sign" else run_resign)
+
+
+def _signing_args(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("signing")
+    g.add_argument("--cert", dest="sign_cert", metavar="FILE", required=required,
+                   help="signing certificate (PEM or DER)")
+    how = g.add_mutually_exclusive_group()
+    how.add_argument("--key", metavar="FILE|ID",
+                     help="private key (PEM or DER, RSA), or the key id with --engine")
+    how.add_argument("--sign-command", metavar="CMD",
+                     help="external signer: DER attributes on stdin, raw signature on stdout")
+    how.add_argument("--pkcs11-uri", metavar="URI",
+                     help="key in a PKCS#11 token (same as --engine pkcs11 --key URI)")
+    g.add_argument("--engine", metavar="NAME",
+                   help="OpenSSL engine holding --key (e.g. pkcs11), like sbsign --engine")
+    g.add_argument("--pkcs11-module", metavar="LIB",
+                   help="PKCS#11 library for the pkcs11 engine (PKCS11_MODULE_PATH)")
+    g.add_argument("--extra-cert", action="append", default=[], metavar="FILE",
+                   help="intermediate certificate to embed, repeatable")
+
+
+def _signer(args: argparse.Namespace) -> authenticode.Signer | None:
+    if not args.sign_cert:
+        if args.key or args.sign_command or args.pkcs11_uri:
+            raise CfsError("--key/--sign-command/--pkcs11-uri need --cert")
+        return None
+    cert = authenticode.load_certificate(Path(args.sign_cert).read_bytes())
+    if args.pkcs11_uri or (args.engine and args.key):
+        engine = args.engine or "pkcs11"
+        key_id = args.pkcs11_uri or args.key
+        return authenticode.engine_signer(engine, key_id, cert, module=args.pkcs11_module)
+    if args.engine:
+        raise CfsError("--engine needs --key with the engine's key id")
+    if args.key:
+        key = authenticode.load_private_key(Path(args.key).read_bytes())
+        return authenticode.KeySigner(key, cert)
+    if args.sign_command:
+        return authenticode.CommandSigner(args.sign_command, cert)
+    raise CfsError("--cert needs --key, --sign-command or --pkcs11-uri")
+
+
+def _extra_certs(args: argparse.Namespace) -> list[x509.Certificate]:
+    return [authenticode.load_certificate(Path(f).read_bytes()) for f in args.extra_cert]
+
+
+def _decode(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CfsError(f"{what} is not UTF-8 text: {e}") from e
+
+
+def _read_optional(path: str | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+def run_build(args: argparse.Namespace) -> int:
+    signer = _signer(args)  # bad signing options fail before any input is read
+    extra = []
+    for spec in args.section:
+        name, sep, content = spec.partition(":")
+        if not sep or not name:
+            raise CfsError(f"bad --section {spec!r} (want NAME:TEXT or NAME:@FILE)")
+        extra.append((name, _text_or_file(content) or b""))
+    stub_path = args.stub or uki.default_stub_path(args.efi_arch, addon=args.linux is None)
+    stub = Path(stub_path).read_bytes()
+    cmdline = None
+    if args.cmdline is not None:
+        cmdline = (Path(args.cmdline[1:]).read_bytes() if args.cmdline.startswith("@")
+                   else uki.normalize_cmdline(args.cmdline).encode())
+    os_release = _text_or_file(args.os_release)
+    if os_release is None and args.linux is not None:
+        default = "/etc/os-release" if os.path.exists("/etc/os-release") else \
+            "/usr/lib/os-release"
+        os_release = Path(default).read_bytes()
+    linux = _read_optional(args.linux)
+    if linux is not None and signer is not None and args.sign_kernel is not False:
+        linux = _maybe_sign_kernel(linux, signer, forced=bool(args.sign_kernel))
+    inputs = uki.UkiInputs(
+        linux=linux,
+        initrds=[Path(f).read_bytes() for f in args.initrd],
+        cmdline=cmdline, os_release=os_release,
+        uname=args.uname.encode() if args.uname else None,
+        devicetree=_read_optional(args.devicetree), splash=_read_optional(args.splash),
+        pcrpkey=_read_optional(args.pcrpkey), microcode=_read_optional(args.microcode),
+        sbat=[_decode(_text_or_file(s) or b"", "--sbat") for s in args.sbat],
+        extra_sections=extra)
+    image = uki.build_uki(stub, inputs, args.ukify_layout)
+    if signer is not None:
+        image = authenticode.sign(image, signer, _extra_certs(args))
+    atomic_write_bytes(args.output, image, 0o755)
+    print(f"wrote {'signed' if signer else 'unsigned'} {args.output}", file=sys.stderr)
+    return 0
+
+
+def _maybe_sign_kernel(kernel: bytes, signer: authenticode.Signer, forced: bool) -> bytes:
+    """ukify's --sign-kernel: an unsigned PE kernel gets signed with the UKI's key."""
+    try:
+        signed = bool(authenticode.list_signatures(kernel))
+    except CfsError:
+        if forced:
+            raise
+        return kernel  # not a PE: nothing to sign
+    if signed and not forced:
+        return kernel
+    return authenticode.sign(kernel, signer, append=True)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    report = uki.inspect_uki(Path(args.image).read_bytes())
+    if args.json:
+        json.dump(uki.report_to_json(report), sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"machine: {report.machine}  subsystem: {report.subsystem}"
+          f"{'  (addon: no .linux)' if report.is_addon else ''}")
+    print(f"{'section':<9} {'vaddr':>10} {'vsize':>10} {'rawsize':>10} {'rawptr':>10}  sha256")
+    for s in report.sections:
+        print(f"{s.name:<9} {s.virtual_address:#10x} {s.virtual_size:#10x} "
+              f"{s.raw_size:#10x} {s.raw_pointer:#10x}  {s.sha256}")
+    if report.cmdline is not None:
+        print(f"cmdline: {report.cmdline}")
+        print(f"kargs: {len(report.kargs)}")
+        for k in report.kargs:
+            print(f"  {k}")
+    if report.composefs is not None:
+        flag = " (fs-verity optional: unsealed)" if report.composefs.insecure else ""
+        print(f"composefs: {report.composefs.digest}{flag}")
+    if report.uname is not None:
+        print(f"uname: {report.uname}")
+    if report.label is not None:
+        print(f"os: {report.label}")
+    for key, value in report.os_release.items():
+        print(f"  {key}={value}")
+    if report.boot_digest is not None:
+        print(f"boot digest: {report.boot_digest}")
+    sbat = next((s for s in report.sections if s.name == ".sbat"), None)
+    if sbat is not None and sbat.text is not None:
+        print("sbat:")
+        for line in sbat.text.splitlines():
+            print(f"  {line}")
+    print(f"signatures: {len(report.signatures)}")
+    for sig in report.signatures:
+        print(f"  #{sig.index}: {sig.signer_subject or '(signer certificate missing)'} "
+              f"issuer {sig.signer_issuer} serial {sig.signer_serial:x} "
+              f"{sig.digest_algorithm} {sig.image_digest.hex()}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    image = Path(args.image).read_bytes()
+    trusted = [authenticode.load_certificate(Path(f).read_bytes()) for f in args.cert]
+    problems = [] if args.pe_only else uki.check_uki(image, args.expect_digest)
+    checks = authenticode.verify(image, trusted or None)
+    for c in checks:
+        state = "OK" if c.ok else f"FAILED: {c.reason}"
+        print(f"signature #{c.info.index} ({c.info.signer_subject or '?'}): {state}")
+    if not checks and not args.allow_unsigned:
+        problems.append("image is not signed")
+    elif checks and not any(c.ok for c in checks):
+        problems.append("no signature verifies")
+    for problem in problems:
+        print(f"cfsboot: {args.image}: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{args.image}: OK")
+    return 0
+
+
+def _write_signed(args: argparse.Namespace, image: bytes) -> int:
+    out = args.output or args.image
+    atomic_write_bytes(out, image, 0o755)
+    count = len(authenticode.list_signatures(image))
+    print(f"wrote {out} ({count} signature{'s' if count != 1 else ''})", file=sys.stderr)
+    return 0
+
+
+def run_sign(args: argparse.Namespace) -> int:
+    signer = _signer(args)
+    assert signer is not None
+    image = Path(args.image).read_bytes()
+    if authenticode.list_signatures(image) and not args.append:
+        raise CfsError(f"{args.image} is already signed (use --append to add a signature, "
+                       "or 'uki resign' to replace)")
+    return _write_signed(args, authenticode.sign(image, signer, _extra_certs(args),
+                                                 append=True))
+
+
+def run_resign(args: argparse.Namespace) -> int:
+    signer = _signer(args)
+    assert signer is not None
+    image = authenticode.remove_signatures(Path(args.image).read_bytes())
+    return _write_signed(args, authenticode.sign(image, signer, _extra_certs(args)))

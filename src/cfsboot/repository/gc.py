@@ -1,0 +1,223 @@
+"""Garbage collection (composefs-rs ``gc_impl`` @0fbc853, repository.md §13).
+
+Roots: every symlink under ``images/refs/`` and ``streams/refs/``, plus caller
+roots matched by first-level entry name.  Live: root images and the objects
+their EROFS names; root streams, their object refs and, through named refs,
+the streams (and images) they reference, transitively.  Objects are swept
+first, broken symlinks second, so a crash mid-GC only leaves dangling
+first-level links that the next GC prunes.  Runs under ``LOCK_EX``, so no
+other repository handle (a writer) is open meanwhile; stale temporary files
+(``objects/.tmp-object-*``, ``.symlink-*``) left by killed writers are
+therefore safe to remove too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cfsboot.errors import CfsError
+from cfsboot.repository import symlinks
+from cfsboot.repository.objects import parse_link_target, parse_object_name
+from cfsboot.repository.repo import Repository
+
+
+class GcError(CfsError):
+    """The repository is inconsistent in a way that makes GC unsafe."""
+
+
+@dataclass
+class GcResult:
+    objects_removed: int = 0
+    objects_bytes: int = 0
+    images_pruned: int = 0
+    streams_pruned: int = 0
+    tmpfiles_removed: int = 0
+    objects_kept: int = 0
+
+
+def gc(repo: Repository, roots: Iterable[str] = (), *, dry_run: bool = False) -> GcResult:
+    """Remove every object not reachable from a ref or ``roots``."""
+    if not dry_run:
+        repo.ensure_writable()
+        repo.lock_exclusive()
+    try:
+        live = live_objects(repo, roots)
+        return _sweep(repo, live, dry_run)
+    finally:
+        if not dry_run:
+            repo.lock_shared()
+
+
+def live_objects(repo: Repository, roots: Iterable[str] = ()) -> set[bytes]:
+    extra = set(roots)
+    live: set[bytes] = set()
+    all_images = _category(repo, "images")
+    for oid, name in _ref_roots(repo, "images") + [e for e in all_images if e[1] in extra]:
+        live.add(oid)
+        try:
+            live |= repo.image_objects(name)
+        except CfsError as e:
+            raise GcError(f"GC: cannot read image {name}: {e}") from None
+    all_streams = _category(repo, "streams")
+    stream_by_oid = {oid: name for oid, name in all_streams}
+    walked: set[str] = set()
+    for oid, name in _ref_roots(repo, "streams") + [e for e in all_streams if e[1] in extra]:
+        live.add(oid)
+        _walk_stream(repo, name, stream_by_oid, walked, live)
+    return live
+
+
+def _walk_stream(repo: Repository, name: str, stream_by_oid: dict[bytes, str],
+                 walked: set[str], live: set[bytes]) -> None:
+    pending = [name]
+    while pending:
+        name = pending.pop()
+        if name in walked:
+            continue
+        walked.add(name)
+        try:
+            with repo.open_stream(name) as reader:
+                live.update(reader.object_refs)
+                named = list(reader.named_refs.values())
+        except CfsError as e:
+            raise GcError(f"GC: cannot read stream {name}: {e}") from None
+        for oid in named:
+            live.add(oid)
+            if oid in stream_by_oid:
+                pending.append(stream_by_oid[oid])
+
+
+def _category(repo: Repository, category: str) -> list[tuple[bytes, str]]:
+    """(ObjectID, entry name) of every first-level entry; non-symlinks abort."""
+    out: list[tuple[bytes, str]] = []
+    try:
+        names = os.listdir(f"/proc/self/fd/{repo.fd}/{category}")
+    except FileNotFoundError:
+        return out
+    for name in sorted(names):
+        if name == "refs":
+            continue
+        out.append((_entry_oid(repo, category, name), name))
+    return out
+
+
+def _entry_oid(repo: Repository, category: str, name: str) -> bytes:
+    try:
+        target = os.readlink(f"{category}/{name}", dir_fd=repo.fd)
+    except FileNotFoundError:
+        raise GcError(f"GC: dangling ref: {category}/{name} does not exist") from None
+    except OSError:
+        raise GcError(f"GC: {category}/{name}: category directory contains non-symlink") \
+            from None
+    oid = parse_link_target(target, repo.algorithm)
+    if oid is None:
+        raise GcError(f"GC: {category}/{name}: invalid link target {target!r}")
+    return oid
+
+
+def _ref_roots(repo: Repository, category: str) -> list[tuple[bytes, str]]:
+    try:
+        refs = symlinks.walk_links(repo.fd, f"{category}/refs")
+    except CfsError as e:
+        raise GcError(f"GC: {e}") from None
+    out = []
+    for _name, target in refs:
+        entry = target.rsplit("/", 1)[-1]
+        out.append((_entry_oid(repo, category, entry), entry))
+    return out
+
+
+def _sweep(repo: Repository, live: set[bytes], dry_run: bool) -> GcResult:
+    result = GcResult()
+    objects = f"/proc/self/fd/{repo.fd}/objects"
+    removed: set[bytes] = set()
+    for sub in (f"{b:02x}" for b in range(256)):
+        try:
+            dfd = os.open(f"objects/{sub}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                          dir_fd=repo.fd)
+        except FileNotFoundError:
+            continue
+        try:
+            for entry in os.listdir(dfd):
+                oid = parse_object_name(sub, entry, repo.algorithm)
+                if oid is None:
+                    raise GcError(f"GC: malformed object name objects/{sub}/{entry}")
+                if oid in live:
+                    result.objects_kept += 1
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    result.objects_bytes += os.stat(entry, dir_fd=dfd).st_size
+                result.objects_removed += 1
+                removed.add(oid)
+                if not dry_run:
+                    os.unlink(entry, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+    if not dry_run:
+        result.tmpfiles_removed = _remove_stale_tmpfiles(repo, objects)
+    result.images_pruned = _prune(repo, "images", removed, dry_run)
+    result.streams_pruned = _prune(repo, "streams", removed, dry_run)
+    return result
+
+
+def _remove_stale_tmpfiles(repo: Repository, objects: str) -> int:
+    """Named temporaries of writers that died (we hold LOCK_EX: none is alive)."""
+    count = 0
+    for where, prefix, dir_path in (("objects/", ".tmp-object-", objects),
+                                    ("", ".symlink-", f"/proc/self/fd/{repo.fd}")):
+        try:
+            names = os.listdir(dir_path)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if name.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{where}{name}", dir_fd=repo.fd)
+                    count += 1
+    return count
+
+
+def _prune(repo: Repository, category: str, removed: set[bytes], dry_run: bool) -> int:
+    """Remove first-level links whose object is gone, then broken refs."""
+    count = 0
+    gone: set[str] = set()
+    try:
+        names = os.listdir(f"/proc/self/fd/{repo.fd}/{category}")
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        rel = f"{category}/{name}"
+        if name == "refs" or not _is_link(repo, rel):
+            continue
+        target = os.readlink(rel, dir_fd=repo.fd)
+        oid = parse_link_target(target, repo.algorithm)
+        if (oid is not None and oid in removed) or not _resolves(repo, rel):
+            count += 1
+            gone.add(name)
+            if not dry_run:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(rel, dir_fd=repo.fd)
+    for ref, target in symlinks.walk_links(repo.fd, f"{category}/refs"):
+        rel = f"{category}/refs/{ref}"
+        if target.rsplit("/", 1)[-1] in gone or not _resolves(repo, rel):
+            count += 1
+            if not dry_run:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(rel, dir_fd=repo.fd)
+    return count
+
+
+def _is_link(repo: Repository, rel: str) -> bool:
+    return stat.S_ISLNK(os.stat(rel, dir_fd=repo.fd, follow_symlinks=False).st_mode)
+
+
+def _resolves(repo: Repository, rel: str) -> bool:
+    try:
+        os.stat(rel, dir_fd=repo.fd)
+    except FileNotFoundError:
+        return False
+    return True

@@ -1,0 +1,148 @@
+"""Mounting a repository image the way composefs does (mount-and-setup-root.md §2–3).
+
+The EROFS image is mounted read-only (file-backed, from the image's fd), and
+becomes the single normal lower layer of a read-only overlayfs whose data-only
+lower layer is ``objects/``: ``lowerdir=EROFS::OBJECTS``, ``metacopy=on``,
+``redirect_dir=on`` and, in secure mode, ``verity=require`` (overlayfs then
+checks each backing file's fs-verity digest against the image's metacopy
+xattr).  In insecure mode the image file's digest is verified in userspace
+before it is mounted, from the very fd that is then mounted.
+
+Uses the new mount API, like composefs-rs's default ``pre-6.15`` build: the
+EROFS is attached to a private temporary directory while the overlay is
+created, then detached; on any error every intermediate mount is undone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from dataclasses import dataclass
+
+from cfsboot.errors import CfsError
+from cfsboot.repository import sysapi, verity
+from cfsboot.repository.repo import Repository
+
+
+class MountError(CfsError):
+    """The kernel refused a mount (its messages are included)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MountOptions:
+    upperdir: str | None = None
+    workdir: str | None = None
+    read_write: bool = False
+
+
+def mount_image(repo: Repository, name: str, mountpoint: str,
+                options: MountOptions | None = None) -> None:
+    """Mount image ``name`` (hex digest, bare ref name or ``refs/…``) at ``mountpoint``."""
+    options = options or MountOptions()
+    if (options.upperdir is None) != (options.workdir is None):
+        raise CfsError("--upperdir and --workdir must be given together")
+    if options.read_write and options.upperdir is None:
+        raise CfsError("--read-write needs --upperdir and --workdir")
+    if not os.path.isdir(mountpoint):
+        raise CfsError(f"mount point {mountpoint} is not a directory")
+    image_fd, _, digest = repo.open_image(name)
+    try:
+        want_verity = _verify_image(repo, name, image_fd, digest)
+        mnt = _overlay(repo, name, image_fd, want_verity, options)
+        try:
+            sysapi.move_mount_to(mnt, os.path.realpath(mountpoint))
+        finally:
+            os.close(mnt)
+    finally:
+        os.close(image_fd)
+
+
+def _verify_image(repo: Repository, name: str, fd: int, digest: bytes | None) -> bool:
+    """Check the image is the one its name says; returns whether to ask
+    overlayfs for ``verity=require``."""
+    if digest is None:
+        raise CfsError(f"cannot tell which image {name} refers to")
+    measured = verity.measure(fd, repo.algorithm)
+    if measured is None:
+        if not repo.insecure:
+            raise CfsError(f"image {name} has no fs-verity (repository requires it)")
+        measured, _ = verity.digest_fd(fd, repo.algorithm)
+    if measured != digest:
+        raise CfsError(f"image {name} is corrupt: its digest is {measured.hex()}, "
+                       f"expected {digest.hex()}")
+    return not repo.insecure
+
+
+def _overlay(repo: Repository, name: str, image_fd: int, want_verity: bool,
+             options: MountOptions) -> int:
+    """A detached overlay mount fd."""
+    erofs_mnt = _mount_erofs(image_fd)
+    tmpdir = tempfile.mkdtemp(prefix="cfsboot-erofs-")
+    attached = False
+    try:
+        sysapi.move_mount_to(erofs_mnt, tmpdir)
+        attached = True
+        layer = os.open(tmpdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        objects = os.open("objects", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=repo.fd)
+        extra: list[int] = []
+        try:
+            fs = sysapi.fsopen("overlay")
+            try:
+                _overlay_config(fs, name, layer, objects, want_verity, options, extra)
+                return sysapi.fsmount(fs, 0 if options.read_write
+                                      else sysapi.MOUNT_ATTR_RDONLY)
+            except OSError as e:
+                raise _mount_error("overlay", fs, e) from None
+            finally:
+                os.close(fs)
+        finally:
+            for fd in (layer, objects, *extra):
+                os.close(fd)
+    finally:
+        os.close(erofs_mnt)
+        if attached:
+            with contextlib.suppress(OSError):
+                sysapi.umount(tmpdir, sysapi.MNT_DETACH)
+        with contextlib.suppress(OSError):
+            os.rmdir(tmpdir)
+
+
+def _overlay_config(fs: int, name: str, layer: int, objects: int, want_verity: bool,
+                    options: MountOptions, extra: list[int]) -> None:
+    sysapi.fsconfig_string(fs, "source", f"composefs:{name}")
+    sysapi.fsconfig_string(fs, "metacopy", "on")
+    sysapi.fsconfig_string(fs, "redirect_dir", "on")
+    if want_verity:
+        sysapi.fsconfig_string(fs, "verity", "require")
+    if options.upperdir is not None and options.workdir is not None:
+        for key, path in (("upperdir", options.upperdir), ("workdir", options.workdir)):
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            extra.append(fd)
+            sysapi.fsconfig_string(fs, key, f"/proc/self/fd/{fd}")
+    sysapi.fsconfig_string(fs, "lowerdir", f"/proc/self/fd/{layer}::/proc/self/fd/{objects}")
+    sysapi.fsconfig_create(fs)
+
+
+def _mount_erofs(image_fd: int) -> int:
+    """A detached read-only EROFS mount of the image file."""
+    fs = sysapi.fsopen("erofs")
+    try:
+        sysapi.fsconfig_flag(fs, "ro")
+        sysapi.fsconfig_string(fs, "source", f"/proc/self/fd/{image_fd}")
+        sysapi.fsconfig_create(fs)
+        return sysapi.fsmount(fs, sysapi.MOUNT_ATTR_RDONLY)
+    except OSError as e:
+        if e.errno == errno.ENOTBLK:
+            raise MountError("this kernel cannot mount EROFS images from files "
+                             "(needs Linux 6.12 or later)") from None
+        raise _mount_error("erofs", fs, e) from None
+    finally:
+        os.close(fs)
+
+
+def _mount_error(fstype: str, fs: int, e: OSError) -> MountError:
+    msgs = sysapi.fs_context_messages(fs)
+    detail = "; ".join(msgs) if msgs else (e.strerror or str(e))
+    return MountError(f"mounting {fstype} failed: {detail}")

@@ -1,0 +1,553 @@
+"""A composefs repository handle (composefs-rs ``Repository`` @0fbc853).
+
+Layout (repository.md §2)::
+
+    meta.json  objects/XX/<rest>  images/<hex> -> ../objects/XX/<rest>
+    images/refs/<name> -> ../<hex>   streams/<id> -> ../objects/XX/<rest>
+    streams/refs/<name> -> ../../<id>
+
+Every handle holds ``flock(LOCK_SH)`` on the repository directory for its
+lifetime; GC converts it to ``LOCK_EX``, so GC never runs while another handle
+(a writer) is open.  Publishing order gives crash safety: objects first, one
+``syncfs``, then the ``streams/``/``images/`` symlink, then the ref.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from cfsboot.errors import CfsError
+from cfsboot.repository import symlinks, sysapi, verity
+from cfsboot.repository.meta import (
+    Algorithm,
+    FormatConfig,
+    MetadataError,
+    RepoMetadata,
+    parse_metadata,
+)
+from cfsboot.repository.objects import (
+    ObjectStore,
+    ObjectTmpfile,
+    RepositorySink,
+    StoreResult,
+    object_relpath,
+    parse_link_target,
+    parse_object_name,
+)
+from cfsboot.repository.splitstream import SplitStreamReader, SplitStreamWriter
+
+META = "meta.json"
+
+
+class RepositoryError(CfsError):
+    """The repository cannot be opened or does not allow the operation."""
+
+
+class ImageNotFound(RepositoryError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"image not found: {name}")
+        self.name = name
+
+
+class StreamNotFound(RepositoryError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"stream not found: {name}")
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class RefEntry:
+    name: str  # relative to images/refs or streams/refs
+    target: str  # raw symlink target
+
+
+class Repository:
+    """An open repository.  Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str, fd: int, meta: RepoMetadata, has_verity: bool) -> None:
+        self.path = path
+        self.fd = fd
+        self.meta = meta
+        self.algorithm: Algorithm = meta.algorithm
+        self.has_verity = has_verity
+        self.insecure = not has_verity
+        self.read_only_features = not meta.check_features()
+        self._format_override: FormatConfig | None = None
+        self._objects = ObjectStore(fd, self.algorithm, self.insecure)
+        self._writable_checked = False
+
+    # -- lifecycle ------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, algorithm: Algorithm | None = None,
+             insecure: bool = False, require_verity: bool = False,
+             upgrade: bool = False) -> Repository:
+        """Open an existing repository (repository.md §3.6).  ``upgrade`` writes
+        meta.json into an old-format repository that has only ``objects/``."""
+        p = os.fspath(path)
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise RepositoryError(f"no repository at {p} (run 'cfsboot repo init')") from None
+        except NotADirectoryError:
+            raise RepositoryError(f"{p} is not a directory") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                data, has_verity = _read_meta(fd, algorithm)
+            except _OldFormat:
+                if not upgrade:
+                    raise RepositoryError(
+                        f"{p} is an old-format repository without meta.json "
+                        "(open it with upgrade to add one)") from None
+                _upgrade_old_format(fd, p)
+                data, has_verity = _read_meta(fd, algorithm)
+            meta = parse_metadata(data)
+            if algorithm is not None and meta.algorithm != algorithm:
+                raise RepositoryError(
+                    f"repository is configured for {meta.algorithm.meta_name} but "
+                    f"{algorithm.hash_name} was requested")
+            repo = cls(p, fd, meta, has_verity)
+        except BaseException:
+            os.close(fd)
+            raise
+        if insecure:
+            repo.set_insecure()
+        if require_verity:
+            repo.require_verity()
+        return repo
+
+    @classmethod
+    def init(cls, path: str | os.PathLike[str], algorithm: Algorithm, *,
+             insecure: bool = False, formats: FormatConfig | None = None,
+             ) -> tuple[Repository, bool]:
+        """Create a repository (idempotent).  Returns (repo, created)."""
+        p = os.fspath(path)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(p, 0o700)
+        meta = RepoMetadata.new(algorithm, formats)
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            created = _write_meta(fd, meta, insecure)
+        except FileExistsError:
+            created = False
+            existing = _read_existing_meta(fd)
+            try:
+                same = existing is not None and \
+                    _meta_key(parse_metadata(existing)) == _meta_key(meta)
+            except CfsError:
+                same = False
+            if not same:
+                raise RepositoryError(f"repository at {p} is already initialized with a "
+                                      "different configuration") from None
+        finally:
+            os.close(fd)
+        repo = cls.open(p, algorithm=algorithm)
+        if insecure:
+            repo.set_insecure()
+        return repo, created
+
+    def close(self) -> None:
+        self._objects.close()
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the flock
+            self.fd = -1
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- modes ------------------------------------------------------------------
+
+    def set_insecure(self) -> None:
+        self.insecure = True
+        self._objects.insecure = True
+
+    def require_verity(self) -> None:
+        if self.insecure:
+            raise RepositoryError(
+                "repository was not initialized with fs-verity (hint: re-create it with "
+                "'cfsboot repo init' on a verity-capable filesystem)")
+
+    def set_erofs_version(self, version: int) -> None:
+        """Per-process override of the EROFS formats (meta.json is not changed)."""
+        self._format_override = FormatConfig(version)
+
+    def format_config(self) -> FormatConfig:
+        return self._format_override or self.meta.format_config()
+
+    def ensure_writable(self) -> None:
+        """Refuse writes to a read-only repository (checked once per handle)."""
+        if self._writable_checked:
+            return
+        if self.read_only_features:
+            raise RepositoryError("Repository is not writable: it uses unknown "
+                                  "read-only-compatible features")
+        st = os.fstatvfs(self.fd)
+        if st.f_flag & os.ST_RDONLY:
+            raise RepositoryError("Repository is not writable: read-only file system")
+        if not os.access(f"/proc/self/fd/{self.fd}", os.W_OK):
+            raise RepositoryError("Repository is not writable")
+        self._writable_checked = True
+
+    def sync(self) -> None:
+        """One durability barrier for everything written so far (syncfs)."""
+        sysapi.syncfs(self.fd)
+
+    # -- locking ----------------------------------------------------------------
+
+    def lock_exclusive(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def lock_shared(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_SH)
+
+    # -- objects ----------------------------------------------------------------
+
+    @property
+    def objects(self) -> ObjectStore:
+        return self._objects
+
+    def ensure_object(self, data: bytes) -> bytes:
+        """Store in-memory data; returns its ObjectID (thread-safe)."""
+        self.ensure_writable()
+        return self._objects.ensure(data)
+
+    def store_object(self, data: bytes) -> StoreResult:
+        self.ensure_writable()
+        return self._objects.store_bytes(data)
+
+    def object_tmpfile(self) -> ObjectTmpfile:
+        """Streaming object writer; ``finalize()`` names and links it."""
+        self.ensure_writable()
+        return self._objects.tmpfile()
+
+    def open_object(self, digest: bytes) -> BinaryIO:
+        """Open an object for reading, verity-checked (tolerant when insecure)."""
+        return os.fdopen(self._objects.open(digest), "rb")
+
+    def has_object(self, digest: bytes) -> bool:
+        return self._objects.exists(digest)
+
+    def sink(self) -> RepositorySink:
+        """An ``ObjectSink`` for ``cfsboot.tree.scan`` (stores while hashing)."""
+        self.ensure_writable()
+        return RepositorySink(self._objects, self.sync)
+
+    # -- streams ----------------------------------------------------------------
+
+    def create_stream(self, content_type: int = 0) -> SplitStreamWriter:
+        self.ensure_writable()
+        return SplitStreamWriter(self.algorithm, content_type, self.ensure_object)
+
+    def has_stream(self, stream_id: str) -> bytes | None:
+        """ObjectID of ``streams/<stream_id>`` or None."""
+        symlinks.check_entry_name(stream_id, "stream")
+        try:
+            target = os.readlink(f"streams/{stream_id}", dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        digest = parse_link_target(target, self.algorithm)
+        if not target.startswith("../") or digest is None:
+            raise RepositoryError(f"streams/{stream_id}: invalid link target {target!r}")
+        return digest
+
+    def write_stream(self, writer: SplitStreamWriter, stream_id: str,
+                     ref: str | None = None) -> bytes:
+        """Store the splitstream, syncfs, then publish ``streams/<id>`` (and ref)."""
+        digest = self.ensure_object(writer.finish())
+        self.register_stream(digest, stream_id, ref)
+        return digest
+
+    def register_stream(self, digest: bytes, stream_id: str, ref: str | None = None) -> None:
+        """Publish an already stored splitstream object under ``streams/<id>``."""
+        symlinks.check_entry_name(stream_id, "stream")
+        self.ensure_writable()
+        self.sync()
+        symlinks.link(f"streams/{stream_id}", f"objects/{object_relpath(digest)}", self.fd)
+        if ref is not None:
+            self.name_stream(stream_id, ref)
+
+    def name_stream(self, stream_id: str, ref: str) -> None:
+        """``streams/refs/<ref>`` → ``streams/<id>`` (the stream need not exist yet)."""
+        symlinks.check_entry_name(stream_id, "stream")
+        symlinks.check_ref_name(ref)
+        self.ensure_writable()
+        symlinks.link(f"streams/refs/{ref}", f"streams/{stream_id}", self.fd)
+
+    def remove_stream_ref(self, ref: str) -> None:
+        symlinks.check_ref_name(ref)
+        self.ensure_writable()
+        try:
+            os.unlink(f"streams/refs/{ref}", dir_fd=self.fd)
+        except FileNotFoundError:
+            raise RepositoryError(f"stream ref not found: {ref}") from None
+
+    def open_stream(self, name: str, digest: bytes | None = None,
+                    expected_content_type: int | None = None) -> SplitStreamReader:
+        """Open a splitstream: by ObjectID (verity-checked) when ``digest`` is
+        given, else through ``streams/<name>`` (``name`` may be ``refs/…``)."""
+        if digest is not None:
+            f = self.open_object(digest)
+        else:
+            symlinks.check_ref_name(name)
+            try:
+                fd = os.open(f"streams/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+            except FileNotFoundError:
+                raise StreamNotFound(name) from None
+            f = os.fdopen(fd, "rb")
+        try:
+            return SplitStreamReader(f, self.algorithm, expected_content_type)
+        except BaseException:
+            f.close()
+            raise
+
+    def cat(self, name: str, write: Callable[[bytes], object]) -> None:
+        """Reconstruct the original stream of ``streams/<name>``."""
+        with self.open_stream(name) as reader:
+            reader.cat(write, self.open_object)
+
+    def list_stream_refs(self, prefix: str = "") -> list[RefEntry]:
+        return self._list_refs("streams/refs", prefix)
+
+    def list_streams(self) -> list[tuple[str, bytes | None]]:
+        """First-level ``streams/`` entries and their ObjectIDs."""
+        return self._list_entries("streams")
+
+    # -- images -----------------------------------------------------------------
+
+    def write_image(self, name: str | None, data: bytes) -> bytes:
+        """Store an EROFS image; publish ``images/<hex>`` and ``images/refs/<name>``."""
+        if name is not None:
+            symlinks.check_ref_name(name)
+        self.ensure_writable()
+        digest = self.ensure_object(data)
+        self.sync()  # upstream publishes images without it; a sync is cheap insurance
+        self.publish_image(digest, name)
+        return digest
+
+    def publish_image(self, digest: bytes, name: str | None) -> None:
+        """Symlinks for an image object that is already stored and synced."""
+        if name is not None:
+            symlinks.check_ref_name(name)
+        hexid = digest.hex()
+        symlinks.link(f"images/{hexid}", f"objects/{object_relpath(digest)}", self.fd)
+        if name is not None:
+            symlinks.link(f"images/refs/{name}", f"images/{hexid}", self.fd)
+
+    def remove_image_ref(self, name: str) -> None:
+        symlinks.check_ref_name(name)
+        self.ensure_writable()
+        try:
+            os.unlink(f"images/refs/{name}", dir_fd=self.fd)
+        except FileNotFoundError:
+            raise RepositoryError(f"image ref not found: {name}") from None
+
+    def open_image(self, name: str) -> tuple[int, bool, bytes | None]:
+        """Resolve an image name (repository.md §11.2): a hex digest, a bare ref
+        name or ``refs/…``.  Returns (fd, want_verity, digest if known)."""
+        symlinks.check_ref_name(name)
+        try:
+            fd = os.open(f"images/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+        except FileNotFoundError:
+            if "/" in name:
+                raise ImageNotFound(name) from None
+            try:
+                fd = os.open(f"images/refs/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+            except FileNotFoundError:
+                raise ImageNotFound(name) from None
+            return fd, True, self._image_digest_of_ref(f"refs/{name}")
+        if "/" in name:
+            return fd, True, self._image_digest_of_ref(name)
+        try:
+            digest = bytes.fromhex(name)
+            if len(digest) != self.algorithm.digest_size:
+                raise ValueError
+            measured = verity.measure(fd, self.algorithm)
+        except ValueError:
+            os.close(fd)
+            raise RepositoryError(f"invalid image name {name!r}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if measured is None:
+            if self.insecure:
+                return fd, False, digest
+            os.close(fd)
+            raise RepositoryError(f"image {name} has no fs-verity")
+        if measured != digest:
+            os.close(fd)
+            raise RepositoryError(f"fs-verity content mismatch for image {name}")
+        return fd, True, digest
+
+    def _image_digest_of_ref(self, ref_path: str) -> bytes | None:
+        """The image ObjectID a ref reaches (ref → images/<hex> → object)."""
+        try:
+            target = os.readlink(f"images/{ref_path}", dir_fd=self.fd)
+        except OSError:
+            return None
+        entry = target.rsplit("/", 1)[-1]
+        try:
+            inner = os.readlink(f"images/{entry}", dir_fd=self.fd)
+        except OSError:
+            return None
+        return parse_link_target(inner, self.algorithm)
+
+    def read_image(self, name: str) -> tuple[bytes, bool, bytes | None]:
+        fd, want_verity, digest = self.open_image(name)
+        with os.fdopen(fd, "rb") as f:
+            return f.read(), want_verity, digest
+
+    def image_objects(self, name: str) -> set[bytes]:
+        """ObjectIDs of the external files an image references."""
+        from cfsboot.repository.imagerefs import objects_in_image
+        data, _, _ = self.read_image(name)
+        return objects_in_image(data, self.algorithm)
+
+    def list_image_refs(self, prefix: str = "") -> list[RefEntry]:
+        return self._list_refs("images/refs", prefix)
+
+    def list_images(self) -> list[tuple[str, bytes | None]]:
+        return self._list_entries("images")
+
+    # -- listing helpers ------------------------------------------------------------
+
+    def _list_refs(self, top: str, prefix: str) -> list[RefEntry]:
+        if prefix:
+            symlinks.check_ref_name(prefix)
+            top = f"{top}/{prefix}"
+        return [RefEntry(f"{prefix}/{n}" if prefix else n, t)
+                for n, t in symlinks.walk_links(self.fd, top)]
+
+    def _list_entries(self, top: str) -> list[tuple[str, bytes | None]]:
+        try:
+            names = sorted(os.listdir(f"/proc/self/fd/{self.fd}/{top}"))
+        except FileNotFoundError:
+            return []
+        out: list[tuple[str, bytes | None]] = []
+        for n in names:
+            if n == "refs":
+                continue
+            try:
+                target = os.readlink(f"{top}/{n}", dir_fd=self.fd)
+            except OSError:
+                out.append((n, None))
+                continue
+            out.append((n, parse_link_target(target, self.algorithm)))
+        return out
+
+
+# ---- meta.json I/O ------------------------------------------------------------------
+
+class _OldFormat(Exception):
+    pass
+
+
+def _read_meta(fd: int, algorithm: Algorithm | None) -> tuple[bytes, bool]:
+    try:
+        mfd = os.open(META, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd)
+    except FileNotFoundError:
+        try:
+            os.stat("objects", dir_fd=fd)
+        except FileNotFoundError:
+            raise MetadataError("repository has no meta.json (not initialized?)") from None
+        raise _OldFormat() from None
+    with os.fdopen(mfd, "rb") as f:
+        data = f.read()
+        alg = algorithm or _alg_hint(data)
+        has_verity = alg is not None and verity.measure(f.fileno(), alg) is not None
+    return data, has_verity
+
+
+def _alg_hint(data: bytes) -> Algorithm | None:
+    try:
+        return parse_metadata(data).algorithm
+    except CfsError:
+        return None
+
+
+def _read_existing_meta(fd: int) -> bytes | None:
+    try:
+        with os.fdopen(os.open(META, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _meta_key(meta: RepoMetadata) -> tuple[object, ...]:
+    f = meta.features
+    return (meta.version, meta.algorithm, f.compatible, f.read_only_compatible,
+            f.incompatible, meta.erofs_formats)
+
+
+def _write_meta(fd: int, meta: RepoMetadata, insecure: bool) -> bool:
+    """Create meta.json atomically (O_TMPFILE + link); FileExistsError if present.
+    Verity is enabled on it unless ``insecure`` — that is what marks the
+    repository secure."""
+    data = meta.to_json_bytes()
+    name: str | None = None
+    try:
+        wfd = os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644, dir_fd=fd)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EISDIR):
+            raise
+        name = META
+        wfd = os.open(META, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644,
+                      dir_fd=fd)
+    try:
+        os.write(wfd, data)
+        os.fsync(wfd)
+        ro = os.open(f"/proc/self/fd/{wfd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(wfd)
+    try:
+        if not insecure:
+            outcome = verity.enable(ro, meta.algorithm)
+            if outcome == "unsupported":
+                if name is not None:
+                    os.unlink(name, dir_fd=fd)
+                raise RepositoryError("the filesystem does not support fs-verity; "
+                                      "use --insecure")
+        if name is None:
+            os.link(f"/proc/self/fd/{ro}", META, dst_dir_fd=fd, follow_symlinks=True)
+    finally:
+        os.close(ro)
+    os.fsync(fd)
+    return True
+
+
+def _upgrade_old_format(fd: int, path: str) -> None:
+    """Infer the algorithm from the first object and write meta.json (§3.7)."""
+    found: tuple[Algorithm, str] | None = None
+    base = f"/proc/self/fd/{fd}/objects"
+    for sub in sorted(os.listdir(base)):
+        if len(sub) != 2 or not os.path.isdir(f"{base}/{sub}"):
+            continue
+        for entry in os.listdir(f"{base}/{sub}"):
+            for alg in (Algorithm("sha256"), Algorithm("sha512")):
+                if parse_object_name(sub, entry, alg) is not None:
+                    found = (alg, f"objects/{sub}/{entry}")
+                    break
+            if found:
+                break
+        if found:
+            break
+    if found is None:
+        raise RepositoryError(f"{path}: no objects found in repository — cannot infer "
+                              "metadata")
+    alg, obj = found
+    ofd = os.open(obj, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        has_verity = verity.measure(ofd, alg) is not None
+    finally:
+        os.close(ofd)
+    with contextlib.suppress(FileExistsError):
+        _write_meta(fd, RepoMetadata.new(alg), insecure=not has_verity)

@@ -1,0 +1,116 @@
+"""Pieces shared by the two dumpfile parsers: the error type, line splitting
+and the numeric field parsers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from cfsboot.errors import CfsError
+
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+
+# Field indexes (composefs-dump(5) order).
+PATH, SIZE, MODE, NLINK, UID, GID, RDEV, MTIME, PAYLOAD, CONTENT, DIGEST = range(11)
+N_FIXED = 11
+
+# Regular files whose size needs more than 1024 EROFS chunks (C refuses them:
+# "File too large"); 1024 chunks of the largest chunk size (2**43) = 2**53.
+MAX_CHUNKED_SIZE = 2**53
+
+
+class DumpfileError(CfsError):
+    """A rejected dumpfile; the message is ``line N: reason`` (N is 1-based)."""
+
+
+class LineError(Exception):
+    """Raised inside a parser with the reason only; the line loop adds ``line N:``."""
+
+
+def numbered_lines(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
+    """(1-based line number, line without its ``\\n``, terminated?) for each line.
+
+    A final newline does not start an extra (empty) line."""
+    lines = data.split(b"\n")
+    last = lines.pop()
+    n = 0
+    for n, line in enumerate(lines, 1):
+        yield n, line, True
+    if last:
+        yield n + 1, last, False
+
+
+def parse_dec(field: bytes, limit: int, what: str) -> int:
+    """Rust ``uN::from_str``: optional ``+``, ASCII digits, no overflow."""
+    digits = field[1:] if field[:1] == b"+" else field
+    if not digits.isdigit():
+        raise LineError(f"invalid {what} {_show(field)!r}")
+    value = int(digits)
+    if value > limit:
+        raise LineError(f"{what} {value} out of range")
+    return value
+
+
+_OCTAL = bytes(range(ord("0"), ord("8")))
+
+
+def parse_oct(field: bytes, limit: int, what: str) -> int:
+    """Rust ``u32::from_str_radix(_, 8)``: optional ``+``, octal digits."""
+    if field.isdigit() and b"8" not in field and b"9" not in field:
+        value = int(field, 8)
+        if value <= limit:
+            return value
+    digits = field[1:] if field[:1] == b"+" else field
+    if not digits or digits.translate(None, _OCTAL):
+        raise LineError(f"invalid {what} {_show(field)!r}")
+    value = int(digits, 8)
+    if value > limit:
+        raise LineError(f"{what} {field.decode()} out of range")
+    return value
+
+
+def fixed_numbers(fields: list[bytes], small_max: int) -> tuple[int, int, int, int, int, int, int]:
+    """(size, nlink, uid, gid, rdev, mtime_sec, mtime_nsec) of a full line.
+
+    NLINK/UID/GID must fit ``small_max``.  One call with a fast path for plain
+    digits, because this runs for every line."""
+    size_f, _, nlink_f, uid_f, gid_f, rdev_f, mtime_f = fields[1:8]
+    sec_f, _, nsec_f = mtime_f.partition(b".")
+    if (size_f.isdigit() and nlink_f.isdigit() and uid_f.isdigit() and gid_f.isdigit()
+            and rdev_f.isdigit() and sec_f.isdigit() and nsec_f.isdigit()):
+        size, nlink, uid, gid = int(size_f), int(nlink_f), int(uid_f), int(gid_f)
+        rdev, sec, nsec = int(rdev_f), int(sec_f), int(nsec_f)
+        if (size <= U64_MAX and nlink <= small_max and uid <= small_max and gid <= small_max
+                and rdev <= U64_MAX and sec < 2**63 and nsec < 10**9):
+            return size, nlink, uid, gid, rdev, sec, nsec
+    # Slow path: '+' signs, wrapping seconds, or an error to report.
+    sec, nsec = parse_mtime(mtime_f)
+    return (parse_dec(size_f, U64_MAX, "size"), parse_dec(nlink_f, small_max, "nlink"),
+            parse_dec(uid_f, small_max, "uid"), parse_dec(gid_f, small_max, "gid"),
+            parse_dec(rdev_f, U64_MAX, "rdev"), sec, nsec)
+
+
+def parse_mtime(field: bytes) -> tuple[int, int]:
+    """``SEC.NSEC`` (split at the first ``.``; NSEC counts nanoseconds, < 10**9).
+
+    SEC is a u64 stored as i64 (two's complement wrap, as both upstreams do)."""
+    sec_s, dot, nsec_s = field.partition(b".")
+    if not dot:
+        raise LineError(f"invalid mtime {_show(field)!r} (missing '.')")
+    sec = parse_dec(sec_s, U64_MAX, "mtime seconds")
+    nsec = parse_dec(nsec_s, U64_MAX, "mtime nanoseconds")
+    if nsec >= 10**9:
+        raise LineError(f"mtime nanoseconds {nsec} not below 10^9")
+    if sec >= 2**63:
+        sec -= 2**64
+    return sec, nsec
+
+
+def _show(b: bytes, limit: int = 40) -> str:
+    s = b[:limit].decode("utf-8", "backslashreplace")
+    return s + "..." if len(b) > limit else s
+
+
+def show(b: bytes, limit: int = 60) -> str:
+    """A field for an error message: decoded, shortened, on one line."""
+    return _show(b, limit).replace("\n", "\\n")

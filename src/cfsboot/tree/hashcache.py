@@ -1,0 +1,205 @@
+"""Opt-in cache of file digests (``--cache DIR``), so a rebuild after a small
+change rehashes only the files that changed.
+
+An entry maps ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` to the
+fs-verity digest of the file's content.  Any write to a file changes its
+ctime (which user space cannot set), so a changed file misses the cache.
+
+Two caveats, handled the way git handles its index:
+
+* "Racily clean" files: kernel timestamps are coarse (a clock tick), so a
+  file rewritten within the same tick as our stat could keep all five values.
+  Entries whose ctime is not safely older than the start of the scan are
+  therefore used but never *recorded*; the next run hashes them once more.
+* Trust: whoever can write DIR can make us report any digest.  DIR must be
+  owned by the builder (as with any build cache).
+
+File format (``DIR/<alg>.v1``): the magic line, then fixed-size records
+``<QQQqq`` + digest.  A missing, foreign or damaged file is an empty cache;
+saving replaces it atomically with the entries used by this run only, so the
+cache describes the last tree scanned with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import threading
+import time
+from typing import Any
+
+from cfsboot.atomic import atomic_write_bytes
+from cfsboot.errors import CfsError
+
+CacheKey = tuple[int, int, int, int, int]
+
+_RECORD = struct.Struct("<QQQqq")
+_FP_ENTRY = struct.Struct("<IIQQQIIQqqq")  # name length, then the stat identity
+_FP_DIR = struct.Struct("<II")  # marker, path length
+_RESULTS_KEPT = 16
+# A ctime this close to the scan start (or later) may be "racily clean".
+RACY_WINDOW_NS = 2 * 10**9
+
+
+class HashCacheError(CfsError):
+    """The cache directory cannot be used."""
+
+
+def cache_key(st: os.stat_result) -> CacheKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class HashCache:
+    """Digests of unchanged files, keyed by stat identity.  Thread-safe."""
+
+    def __init__(self, directory: str, alg: str, digest_size: int) -> None:
+        self.directory = directory
+        self.alg = alg
+        self.digest_size = digest_size
+        self.path = os.path.join(directory, f"{alg}.v1")
+        self._magic = f"cfsboot-hashcache v1 {alg}\n".encode()
+        self._old: dict[CacheKey, bytes] = {}
+        self._used: dict[CacheKey, bytes] = {}
+        self._lock = threading.Lock()
+        self._started_ns = time.time_ns()
+        self.hits = 0
+        self.misses = 0
+
+    @classmethod
+    def open(cls, directory: str, alg: str, digest_size: int) -> HashCache:
+        """Open (creating DIR if needed) and load ``DIR/<alg>.v1``."""
+        if os.path.lexists(directory) and not os.path.isdir(directory):
+            raise HashCacheError(f"cache {directory} is not a directory")
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise HashCacheError(f"cannot create cache directory {directory}: {e.strerror}") from e
+        cache = cls(directory, alg, digest_size)
+        cache._load()
+        return cache
+
+    def _load(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise HashCacheError(f"cannot read cache {self.path}: {e.strerror}") from e
+        if not data.startswith(self._magic):
+            return  # another format or algorithm: start empty
+        body = memoryview(data)[len(self._magic):]
+        size = _RECORD.size + self.digest_size
+        if len(body) % size:
+            return  # truncated: start empty rather than trust a partial record
+        for off in range(0, len(body), size):
+            key = _RECORD.unpack_from(body, off)
+            self._old[key] = bytes(body[off + _RECORD.size:off + size])
+
+    def lookup(self, st: os.stat_result) -> bytes | None:
+        key = cache_key(st)
+        digest = self._old.get(key)
+        with self._lock:
+            if digest is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._used[key] = digest
+        return digest
+
+    def record(self, st: os.stat_result, digest: bytes) -> None:
+        if st.st_ctime_ns > self._started_ns - RACY_WINDOW_NS:
+            return  # possibly racily clean: do not vouch for it next time
+        with self._lock:
+            self._used[cache_key(st)] = digest
+
+    # ---- whole results, keyed by a TreeFingerprint digest ----------------------
+
+    @property
+    def results_path(self) -> str:
+        return os.path.join(self.directory, "results.v1.json")
+
+    def _load_results(self) -> dict[str, Any]:
+        try:
+            with open(self.results_path, "rb") as f:
+                data = json.loads(f.read())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def has_results(self) -> bool:
+        return bool(self._load_results())
+
+    def get_result(self, key: bytes) -> dict[str, Any] | None:
+        value = self._load_results().get(key.hex())
+        return value if isinstance(value, dict) else None
+
+    def put_result(self, key: bytes, value: dict[str, Any]) -> None:
+        """Record a result (the most recent few are kept)."""
+        results = self._load_results()
+        results.pop(key.hex(), None)
+        results[key.hex()] = value
+        kept = dict(list(results.items())[-_RESULTS_KEPT:])
+        try:
+            atomic_write_bytes(self.results_path, json.dumps(kept).encode(), 0o600)
+        except OSError as e:
+            raise HashCacheError(f"cannot write cache {self.results_path}: {e.strerror}") from e
+
+    @property
+    def started_ns(self) -> int:
+        return self._started_ns
+
+    def save(self) -> None:
+        """Atomically replace the cache file with the entries of this run."""
+        with self._lock:
+            items = list(self._used.items())
+        chunks = [self._magic]
+        for key, digest in items:
+            chunks.append(_RECORD.pack(*key))
+            chunks.append(digest)
+        try:
+            atomic_write_bytes(self.path, b"".join(chunks), 0o600)
+        except OSError as e:
+            raise HashCacheError(f"cannot write cache {self.path}: {e.strerror}") from e
+
+
+class TreeFingerprint:
+    """The state of a whole tree: each entry's name and full stat identity
+    (inode, size, mode, owner, mtime and ctime, …) in walk order.
+
+    Any change to a file's content, metadata or xattrs changes its ctime; any
+    added, removed or renamed entry changes a name list.  So an equal
+    fingerprint (with the same ``salt``: code and options) means the same
+    result, and a whole computation can be skipped.  Only fingerprints whose
+    newest ctime is older than the racy window are worth recording.
+    """
+
+    __slots__ = ("_parts", "newest_ctime_ns")
+
+    def __init__(self, salt: bytes) -> None:
+        self._parts: list[bytes] = [salt]
+        self.newest_ctime_ns = 0
+
+    def entry(self, name: bytes, st: os.stat_result) -> None:
+        self._parts.append(_FP_ENTRY.pack(
+            len(name), st.st_mode, st.st_dev, st.st_ino, st.st_nlink, st.st_uid, st.st_gid,
+            st.st_rdev, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        self._parts.append(name)
+        if st.st_ctime_ns > self.newest_ctime_ns:
+            self.newest_ctime_ns = st.st_ctime_ns
+
+    def directory(self, path: bytes, entries: list[tuple[bytes, bytes, os.stat_result]]) -> None:
+        """A directory's listing: (name, path, lstat) per entry, in walk order."""
+        self._parts.append(_FP_DIR.pack(0xFFFFFFFF, len(path)))
+        self._parts.append(path)
+        for name, _full, st in entries:
+            self.entry(name, st)
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(b"".join(self._parts)).digest()
+
+    def is_settled(self, started_ns: int) -> bool:
+        """True when no ctime is recent enough to be racily clean."""
+        return self.newest_ctime_ns <= started_ns - RACY_WINDOW_NS

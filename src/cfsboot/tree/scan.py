@@ -1,0 +1,476 @@
+"""Read a directory tree into the tree model, the way composefs-rs reads a
+container root (``read_filesystem``); see tree-scan-and-boot-transform.md §1.
+
+Nothing is ever followed: entries are ``lstat``ed, files are opened with
+``O_NOFOLLOW`` and xattrs are the object's own (``llistxattr``).  Every xattr
+is kept — filtering is the transforms' job.  Regular files of at most
+``inline_max`` bytes are stored inline; larger ones become ``External``
+objects named by their fs-verity digest.
+
+The pipeline is built for throughput: one thread walks the metadata (cheap
+syscalls) and hands every large file to a pool of hashing threads as soon as
+it is found.  The pool takes the largest known file first, so big files start
+early and the work ends evenly.  Each file is read exactly once, in large
+reads, through a bounded buffer; with a sink, the same chunks are copied into
+the object store.  With a cache, unchanged files are not read at all.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import os
+import stat as st_
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cfsboot.errors import CfsError
+from cfsboot.fsverity import digest_fd
+from cfsboot.tree.digest_store import ObjectSink
+from cfsboot.tree.hashcache import HashCache, TreeFingerprint, cache_key
+from cfsboot.tree.model import (
+    BlockDevice,
+    CharDevice,
+    Directory,
+    External,
+    Fifo,
+    Inline,
+    Leaf,
+    LeafContent,
+    Socket,
+    Stat,
+    Symlink,
+)
+
+_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class ScanError(CfsError):
+    """The directory tree could not be read."""
+
+
+@dataclass
+class ScanOptions:
+    alg: str = "sha512"
+    inline_max: int = 64  # composefs-rs INLINE_CONTENT_MAX_V0; 64 inline, 65 external
+    track_hardlinks: bool = True  # (st_dev, st_ino) → one Leaf; C mkcomposefs: False
+    threads: int | None = None  # hashing threads; None = usable CPUs
+    sink: ObjectSink | None = None
+    cache: HashCache | None = None
+    progress: bool = False  # a progress bar on stderr (callers pass isatty())
+    bufsize: int = 1 << 20  # read size per hashing thread
+    fingerprint: TreeFingerprint | None = None  # fed every entry's stat identity
+
+
+@dataclass
+class ScanCounts:
+    directories: int = 0
+    regular_files: int = 0
+    inline_files: int = 0
+    external_files: int = 0
+    symlinks: int = 0
+    devices: int = 0
+    fifos: int = 0
+    sockets: int = 0
+    hardlinks: int = 0  # names beyond the first of a hard-linked leaf
+    bytes_external: int = 0  # total size of external files
+    bytes_hashed: int = 0  # bytes actually read and hashed (cache misses)
+    cache_hits: int = 0
+
+
+@dataclass
+class ScanResult:
+    root: Directory
+    # object digest -> one source path with that content (for reading it back)
+    sources: dict[bytes, str] = field(default_factory=dict)
+    counts: ScanCounts = field(default_factory=ScanCounts)
+
+
+def scan_directory(path: str, options: ScanOptions | None = None) -> ScanResult:
+    """Read the tree rooted at directory ``path`` (itself not a symlink)."""
+    options = options or ScanOptions()
+    threads = options.threads if options.threads is not None else _usable_cpus()
+    if threads < 1:
+        raise ScanError(f"invalid thread count {threads}")
+    root_path = os.fsencode(path)
+    root_st = _open_root(root_path)
+    scanner = _Scanner(root_path, options)
+    pool = _HashPool(threads, scanner.hash_job, scanner.progress)
+    try:
+        root = scanner.walk(root_st, pool)
+        pool.finish()
+    finally:
+        pool.stop()
+        scanner.progress.close()
+    if options.sink is not None:
+        options.sink.flush()
+    if options.cache is not None:
+        options.cache.save()
+    return ScanResult(root, scanner.sources, scanner.counts)
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _open_root(root_path: bytes) -> os.stat_result:
+    try:
+        fd = os.open(root_path, _OPEN_DIR)
+    except OSError as e:
+        shown = os.fsdecode(root_path)
+        if os.path.islink(root_path):
+            raise ScanError(f"{shown} is a symlink; give the directory itself") from e
+        raise ScanError(f"cannot open directory {shown}: {e.strerror}") from e
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class _Job:
+    """A regular file too large to inline, waiting for its digest."""
+    leaf: Leaf
+    path: bytes
+    st: os.stat_result
+
+
+class _Scanner:
+    def __init__(self, root_path: bytes, options: ScanOptions) -> None:
+        self.root_path = root_path
+        self.options = options
+        self.counts = ScanCounts()
+        self.sources: dict[bytes, str] = {}
+        self.progress = ByteProgress(options.progress, "Hashing")
+        self._lock = threading.Lock()
+
+    # ---- metadata walk (one thread) ----------------------------------------
+
+    def walk(self, root_st: os.stat_result, pool: _HashPool) -> Directory:
+        opts = self.options
+        track = opts.track_hardlinks
+        inline_max = opts.inline_max
+        counts = self.counts
+        seen: dict[tuple[int, int], Leaf] = {}
+        root = Directory(self._stat(self.root_path, root_st))
+        counts.directories += 1
+        stack: list[tuple[Directory, bytes]] = [(root, self.root_path)]
+        fingerprint = opts.fingerprint
+        if fingerprint is not None:
+            fingerprint.entry(b"", root_st)
+        while stack:
+            pool.check()
+            directory, dir_path = stack.pop()
+            entries = _entries(dir_path)
+            if fingerprint is not None:
+                fingerprint.directory(dir_path, entries)
+            for name, full, st in entries:
+                fmt = st_.S_IFMT(st.st_mode)
+                if fmt == st_.S_IFDIR:
+                    child = Directory(self._stat(full, st))
+                    directory.entries[name] = child
+                    stack.append((child, full))
+                    counts.directories += 1
+                    continue
+                if track:
+                    ident = (st.st_dev, st.st_ino)
+                    known = seen.get(ident)
+                    if known is not None:
+                        directory.entries[name] = known
+                        counts.hardlinks += 1
+                        continue
+                if fmt == st_.S_IFREG and st.st_size > inline_max:
+                    leaf = Leaf(self._stat(full, st), External(st.st_size, b"", None))
+                    counts.regular_files += 1
+                    counts.external_files += 1
+                    counts.bytes_external += st.st_size
+                    job = _Job(leaf, full, st)
+                    if not self._from_cache(job):
+                        pool.submit(st.st_size, job)
+                else:
+                    leaf = Leaf(self._stat(full, st), self._content(full, st, fmt))
+                if track:
+                    seen[ident] = leaf
+                directory.entries[name] = leaf
+        return root
+
+    def _stat(self, path: bytes, st: os.stat_result) -> Stat:
+        sec, nsec = divmod(st.st_mtime_ns, 10**9)
+        return Stat(st.st_mode & 0o7777, st.st_uid, st.st_gid, sec, nsec, _xattrs(path))
+
+    def _content(self, path: bytes, st: os.stat_result, fmt: int) -> LeafContent:
+        counts = self.counts
+        if fmt == st_.S_IFREG:
+            counts.regular_files += 1
+            counts.inline_files += 1
+            return Inline(_read_small(path, st.st_size))
+        if fmt == st_.S_IFLNK:
+            counts.symlinks += 1
+            try:
+                return Symlink(os.readlink(path))
+            except OSError as e:
+                raise ScanError(f"cannot read symlink {_shown(path)}: {e.strerror}") from e
+        if fmt == st_.S_IFCHR:
+            counts.devices += 1
+            return CharDevice(st.st_rdev)
+        if fmt == st_.S_IFBLK:
+            counts.devices += 1
+            return BlockDevice(st.st_rdev)
+        if fmt == st_.S_IFIFO:
+            counts.fifos += 1
+            return Fifo()
+        if fmt == st_.S_IFSOCK:
+            counts.sockets += 1
+            return Socket()
+        raise ScanError(f"{_shown(path)}: unsupported file type {oct(fmt)}")
+
+    # ---- hashing (pool threads) -------------------------------------------
+
+    def _from_cache(self, job: _Job) -> bool:
+        """Complete ``job`` from the cache (in the walker: no thread hand-off)."""
+        cache, sink = self.options.cache, self.options.sink
+        if cache is None:
+            return False
+        digest = cache.lookup(job.st)
+        if digest is None or (sink is not None and not sink.contains(digest)):
+            return False
+        self._done(job, digest, hashed=0)
+        return True
+
+    def hash_job(self, job: _Job) -> int:
+        """Give ``job.leaf`` its External content; returns the bytes read."""
+        opts = self.options
+        cache, sink = opts.cache, opts.sink
+        try:
+            fd = os.open(job.path, _OPEN_FILE)
+        except OSError as e:
+            raise ScanError(f"cannot read {_shown(job.path)}: {e.strerror}") from e
+        try:
+            before = os.fstat(fd)
+            if not st_.S_ISREG(before.st_mode) or (before.st_dev, before.st_ino) != (
+                    job.st.st_dev, job.st.st_ino):
+                raise ScanError(f"{_shown(job.path)} was replaced while scanning")
+            pending = sink.begin(before.st_size) if sink is not None else None
+            try:
+                digest, size = digest_fd(fd, opts.alg, bufsize=opts.bufsize,
+                                         sink=pending.write if pending is not None else None)
+                if size != job.st.st_size:
+                    raise ScanError(f"{_shown(job.path)} changed size while scanning "
+                                    f"({job.st.st_size} -> {size} bytes)")
+            except OSError as e:
+                raise ScanError(f"cannot read {_shown(job.path)}: {e.strerror}") from e
+            except BaseException:
+                if pending is not None:
+                    pending.abort()
+                raise
+            if pending is not None:
+                pending.commit(digest)
+            if cache is not None and cache_key(os.fstat(fd)) == cache_key(before):
+                cache.record(before, digest)  # unchanged while we read it
+        finally:
+            os.close(fd)
+        self._done(job, digest, hashed=size)
+        return size
+
+    def _done(self, job: _Job, digest: bytes, hashed: int) -> None:
+        job.leaf.content = External.from_digest(digest, job.st.st_size)
+        with self._lock:
+            self.sources.setdefault(digest, os.fsdecode(job.path))
+            self.counts.bytes_hashed += hashed
+            if not hashed:
+                self.counts.cache_hits += 1
+
+
+class _HashPool:
+    """Worker threads taking the largest pending file first.
+
+    The first error stops the pool: workers finish their current file and
+    exit, the walker stops at its next directory, and the error is re-raised
+    in the calling thread.
+    """
+
+    def __init__(self, threads: int, work: Callable[[_Job], int],
+                 progress: ByteProgress) -> None:
+        self._work = work
+        self._progress = progress
+        self._heap: list[tuple[int, int, _Job]] = []
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._threads = [threading.Thread(target=self._run, name=f"cfsboot-hash-{i}",
+                                          daemon=True) for i in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, size: int, job: _Job) -> None:
+        self._progress.add_total(size)
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (-size, self._seq, job))
+            self._cond.notify()
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def finish(self) -> None:
+        """Wait until every submitted file is hashed; raise the first error."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
+        self.check()
+
+    def stop(self) -> None:
+        """Abandon pending work (on error or interrupt) and wait for the workers."""
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap and not self._closed:
+                    self._cond.wait()
+                if not self._heap or self._error is not None:
+                    return
+                _, _, job = heapq.heappop(self._heap)
+            try:
+                self._work(job)
+            except BaseException as e:
+                with self._cond:
+                    if self._error is None:
+                        self._error = e
+                    self._heap.clear()
+                    self._closed = True
+                    self._cond.notify_all()
+                return
+            self._progress.advance(job.st.st_size)
+
+
+def _entries(dir_path: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
+    """(name, path, lstat) of every entry, in directory order."""
+    try:
+        with os.scandir(dir_path) as it:
+            entries = [(e.name, e.path) for e in it]
+    except OSError as e:
+        raise ScanError(f"cannot read directory {_shown(dir_path)}: {e.strerror}") from e
+    out = []
+    for name, full in entries:
+        try:
+            out.append((name, full, os.lstat(full)))
+        except OSError as e:
+            raise ScanError(f"cannot stat {_shown(full)}: {e.strerror}") from e
+    return out
+
+
+def fingerprint_tree(path: str, fingerprint: TreeFingerprint) -> TreeFingerprint | None:
+    """Feed ``fingerprint`` exactly as ``scan_directory`` would, reading only
+    metadata (no xattrs, no contents): a cheap "has anything changed?" check.
+    None when the tree cannot be read (the real scan will say why)."""
+    root_path = os.fsencode(path)
+    try:
+        fingerprint.entry(b"", os.lstat(root_path))
+        stack = [root_path]
+        while stack:
+            dir_path = stack.pop()
+            entries = _entries(dir_path)
+            fingerprint.directory(dir_path, entries)
+            stack.extend(full for _, full, st in entries if st_.S_ISDIR(st.st_mode))
+    except (OSError, ScanError):
+        return None
+    return fingerprint
+
+
+def _read_small(path: bytes, size: int) -> bytes:
+    try:
+        fd = os.open(path, _OPEN_FILE)
+    except OSError as e:
+        raise ScanError(f"cannot read {_shown(path)}: {e.strerror}") from e
+    try:
+        data = os.read(fd, size + 1)  # one more byte shows growth
+    except OSError as e:
+        raise ScanError(f"cannot read {_shown(path)}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        raise ScanError(f"{_shown(path)} changed size while scanning")
+    return data
+
+
+def _xattrs(path: bytes) -> dict[bytes, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in _NO_XATTRS:
+            return {}
+        raise ScanError(f"cannot list xattrs of {_shown(path)}: {e.strerror}") from e
+    if not names:
+        return {}
+    out: dict[bytes, bytes] = {}
+    for name in names:
+        try:
+            out[os.fsencode(name)] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError as e:
+            raise ScanError(
+                f"cannot read xattr {name} of {_shown(path)}: {e.strerror}") from e
+    return out
+
+
+_NO_XATTRS = {errno.ENOTSUP, errno.EOPNOTSUPP}  # filesystem without xattrs
+
+
+def _shown(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+class ByteProgress:
+    """A bytes progress bar on stderr (rich), or nothing when disabled.
+
+    Called from several threads; rich's Progress locks internally.  rich is
+    imported only when a bar is shown, to keep start-up fast in builds.
+    """
+
+    def __init__(self, enabled: bool, description: str) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                             TransferSpeedColumn(), TimeRemainingColumn(),
+                             console=Console(stderr=True), transient=True)
+        self._task = self._bar.add_task(description, total=0)
+        self._bar.start()
+
+    def add_total(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, total=self._bar.tasks[0].total + n)
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

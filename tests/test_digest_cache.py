@@ -1,0 +1,90 @@
+"""--cache at the digest level: a whole result is reused only for an unchanged
+tree with the same options; otherwise only unchanged files' digests are."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from cfsboot.boot.digest import DigestOptions, compute_composefs_digest
+from cfsboot.tree import hashcache
+
+TICK = 0.025  # longer than a kernel timestamp tick
+
+
+@pytest.fixture
+def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hashcache, "RACY_WINDOW_NS", 0)
+
+
+def make_root(root: Path) -> None:
+    for d in ("usr/bin", "usr/lib", "boot", "sysroot", "etc"):
+        (root / d).mkdir(parents=True)
+    for i in range(8):
+        (root / f"usr/lib/lib{i}.so").write_bytes(bytes([i]) * (5000 * (i + 1)))
+    (root / "usr/bin/sh").write_bytes(b"#!" + b"s" * 200)
+    (root / "etc/hostname").write_bytes(b"host\n")
+
+
+def digest(root: Path, cache: Path, **kw: object) -> tuple[str, bool, int]:
+    options = DigestOptions(cache_dir=str(cache), **kw)  # type: ignore[arg-type]
+    result = compute_composefs_digest(str(root), options)
+    return result.hexdigest, result.from_cache, result.counts.bytes_hashed
+
+
+def uncached(root: Path, **kw: object) -> str:
+    return compute_composefs_digest(str(root), DigestOptions(**kw)).hexdigest  # type: ignore[arg-type]
+
+
+def test_unchanged_tree_reuses_the_result(tmp_path: Path, no_racy_window: None) -> None:
+    root, cache = tmp_path / "root", tmp_path / "cache"
+    make_root(root)
+    expected = uncached(root)
+    assert digest(root, cache)[:2] == (expected, False)
+    assert digest(root, cache) == (expected, True, 0)
+    # Other options are other results, not a stale hit.
+    v2, from_cache, _ = digest(root, cache, format=2)
+    assert (v2, from_cache) == (uncached(root, format=2), False)
+    assert digest(root, cache, format=2)[:2] == (v2, True)
+    # A caller that needs the tree never gets a bare cached result.
+    result = compute_composefs_digest(str(root), DigestOptions(cache_dir=str(cache),
+                                                               need_tree=True))
+    assert result.root is not None and not result.from_cache
+    assert result.hexdigest == expected and result.counts.bytes_hashed == 0
+
+
+@pytest.mark.parametrize("change", ["content", "mode", "new-file", "policy-like"])
+def test_changed_tree_is_recomputed(tmp_path: Path, no_racy_window: None, change: str) -> None:
+    root, cache = tmp_path / "root", tmp_path / "cache"
+    make_root(root)
+    digest(root, cache)
+    time.sleep(TICK)
+    target = root / "usr/lib/lib3.so"
+    st = os.stat(target)
+    if change == "content":  # same size and mtime: only ctime moves
+        with open(target, "r+b") as f:
+            f.write(b"\xff")
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif change == "mode":
+        os.chmod(target, 0o600)
+    elif change == "new-file":
+        (root / "usr/bin/new").write_bytes(b"n" * 100)
+    elif change == "policy-like":
+        (root / "etc/hostname").write_bytes(b"other\n")
+    got, from_cache, hashed = digest(root, cache)
+    assert not from_cache
+    assert got == uncached(root)
+    # Only the changed file is read again (a chmod moves ctime, so it counts).
+    assert hashed == {"content": st.st_size, "mode": st.st_size, "new-file": 100,
+                      "policy-like": 0}[change]
+
+
+def test_racily_clean_tree_is_not_recorded(tmp_path: Path) -> None:
+    root, cache = tmp_path / "root", tmp_path / "cache"
+    make_root(root)  # every ctime is "now"
+    digest(root, cache)
+    assert digest(root, cache)[1] is False
+    assert not (cache / "results.v1.json").exists()

@@ -1,0 +1,175 @@
+"""fs-verity digests of files: digest_fd (+ sink), digest_file, digest_files."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_fsverity import reference_digest
+
+from cfsboot.errors import CfsError
+from cfsboot.fsverity import digest_fd, digest_file, digest_files, files, fsverity_digest
+from cfsboot.fsverity.files import PARALLEL_MIN_BYTES
+
+
+def write(path: Path, size: int, seed: int) -> bytes:
+    data = random.Random(seed).randbytes(size)
+    path.write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize("bufsize", [1, 1000, 4096, 5000, 1 << 20])
+def test_digest_fd_sink_sees_exactly_the_file(tmp_path: Path, bufsize: int) -> None:
+    size = 3 * 4096 + 123 if bufsize < 1000 else 2 * (1 << 20) + 4097
+    data = write(tmp_path / "f", size, bufsize)
+    chunks: list[bytes] = []
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        digest, count = digest_fd(fd, "sha256", sink=lambda c: chunks.append(bytes(c)),
+                                  bufsize=bufsize)
+    finally:
+        os.close(fd)
+    assert count == size
+    assert b"".join(chunks) == data
+    assert all(0 < len(c) <= bufsize for c in chunks)
+    assert digest == reference_digest(data, "sha256")
+
+
+def test_digest_fd_reads_from_the_current_position_and_reentrant_sink(tmp_path: Path) -> None:
+    data = write(tmp_path / "f", 10000, 1)
+    inner = write(tmp_path / "g", 70000, 2)
+    seen: list[bytes] = []
+
+    def sink(chunk: memoryview) -> None:
+        # A sink that itself digests a file must not disturb the outer buffer.
+        fd = os.open(tmp_path / "g", os.O_RDONLY)
+        try:
+            assert digest_fd(fd)[0] == reference_digest(inner, "sha512")
+        finally:
+            os.close(fd)
+        seen.append(bytes(chunk))
+
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        os.lseek(fd, 100, os.SEEK_SET)
+        digest, count = digest_fd(fd, sink=sink)
+    finally:
+        os.close(fd)
+    assert (digest, count) == (fsverity_digest(data[100:]), len(data) - 100)
+    assert b"".join(seen) == data[100:]
+
+
+def test_digest_fd_on_a_pipe() -> None:
+    data = random.Random(5).randbytes(50000)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.close(r)
+        for i in range(0, len(data), 777):
+            os.write(w, data[i:i + 777])
+        os._exit(0)
+    os.close(w)
+    try:
+        assert digest_fd(r, "sha256") == (reference_digest(data, "sha256"), len(data))
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+
+
+def test_digest_file_missing_is_oserror(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        digest_file(tmp_path / "nope")
+
+
+def make_files(root: Path, count: int) -> list[Path]:
+    """``count`` files of assorted sizes, more than PARALLEL_MIN_BYTES in total."""
+    rng = random.Random(count)
+    sizes = [rng.choice([0, 1, 4095, 4096, 4097, 30000, 300000]) for _ in range(count)]
+    sizes[count // 2] = PARALLEL_MIN_BYTES + 1  # a big one in the middle
+    paths = []
+    for i, size in enumerate(sizes):
+        path = root / f"f{i:04d}"
+        write(path, size, i)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("alg", ["sha256", "sha512"])
+def test_digest_files_parallel_equals_sequential_in_input_order(
+        tmp_path: Path, alg: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = make_files(tmp_path, 300)
+    paths.reverse()
+    pools: list[object] = []
+
+    class SpyPool(files._ForkedPool):
+        def __init__(self, *args: Any) -> None:
+            pools.append(self)
+            super().__init__(*args)
+
+    monkeypatch.setattr(files, "_ForkedPool", SpyPool)
+    sequential = [(p, digest_file(p, alg)) for p in paths]
+    assert list(digest_files(paths, alg, threads=1)) == sequential
+    parallel = list(digest_files(iter(paths), alg, threads=2))
+    assert parallel == sequential
+    assert len(pools) == 1  # the forked workers did it
+    assert all(got is given for (got, _), given in zip(parallel, paths, strict=True))
+    as_str = [str(p) for p in paths[:3]]
+    assert list(digest_files(as_str, alg, threads=3)) == [
+        (s, d) for s, (_, d) in zip(as_str, sequential, strict=False)]
+
+
+def test_digest_files_error_comes_in_order_and_workers_exit(tmp_path: Path) -> None:
+    paths = make_files(tmp_path, 100)
+    paths.insert(70, tmp_path / "missing")
+    results = digest_files(paths, threads=2)
+    got = []
+    with pytest.raises(FileNotFoundError) as info:
+        for path, digest in results:
+            got.append(path)
+            assert digest == digest_file(path)
+    assert info.value.filename == str(tmp_path / "missing")
+    assert got == paths[:70]
+    assert_no_children()
+
+
+def test_digest_files_closed_early_stops_workers(tmp_path: Path) -> None:
+    paths = make_files(tmp_path, 200)
+    results = digest_files(paths, threads=2)
+    assert next(results)[0] == paths[0]
+    start = time.monotonic()
+    results.close()
+    assert time.monotonic() - start < 5
+    assert_no_children()
+
+
+def test_digest_files_empty_and_single(tmp_path: Path) -> None:
+    assert list(digest_files([], threads=2)) == []
+    data = write(tmp_path / "one", 5000, 9)
+    assert list(digest_files([tmp_path / "one"], threads=2)) == [
+        (tmp_path / "one", fsverity_digest(data))]
+
+
+def assert_no_children() -> None:
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_digest_files_worker_death_is_a_clean_error(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = make_files(tmp_path, 100)
+    real = files.digest_file
+
+    def dies_on_f0042(path: str | os.PathLike[str], alg: str = "sha512") -> bytes:
+        if os.fspath(path).endswith("f0042"):
+            os._exit(3)  # runs in a forked worker
+        return real(path, alg)
+
+    monkeypatch.setattr(files, "digest_file", dies_on_f0042)
+    with pytest.raises(CfsError, match="worker process died"):
+        for _ in digest_files(paths, threads=2):
+            pass
+    assert_no_children()
