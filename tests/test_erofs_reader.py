@@ -225,3 +225,65 @@ def test_c_vector_matches_its_dumpfile_and_rewrites(case: dict[str, object]) -> 
     assert dumpfile.write_dumpfile(tree) == expected
     version = case["composefs_version"]
     assert writer.mkfs_erofs(tree, version, c_compat=True) == data
+
+
+# ---- write -> read round trips of random trees ---------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from cfsboot.tree.model import Sparse, Stat  # noqa: E402
+
+_RESERVED = {b"trusted.overlay.opaque", b"trusted.overlay.whiteout",
+             b"trusted.overlay.whiteouts", b"user.overlay.opaque",
+             b"user.overlay.whiteout", b"user.overlay.whiteouts"}
+_names = st.builds(lambda a, b: a + b, st.sampled_from([b"g", b"q", b"z", b"-x", b"\xff"]),
+                   st.binary(max_size=6).map(lambda b: b.replace(b"/", b"_").replace(b"\0", b"0")))
+_xattr_names = st.builds(lambda p, s: p + s,
+                         st.sampled_from([b"user.", b"trusted.", b"trusted.overlay.",
+                                          b"security.", b"system.posix_acl_access", b"lustre."]),
+                         st.binary(min_size=1, max_size=8).map(lambda b: b.replace(b"\0", b"0")))
+_xattrs = st.dictionaries(_xattr_names.filter(lambda n: n not in _RESERVED),
+                          st.binary(max_size=40), max_size=3)
+_stats = st.builds(Stat, st.integers(0, 0o7777), st.sampled_from([0, 1, 70000]),
+                   st.sampled_from([0, 5, 1 << 31]),
+                   st.sampled_from([0, 1_700_000_000, -5, 1 << 33]),
+                   st.sampled_from([0, 999_999_999]), _xattrs)
+_contents = st.one_of(
+    st.binary(max_size=300).map(Inline),
+    st.builds(External.from_digest, st.binary(min_size=32, max_size=32) | st.binary(
+        min_size=64, max_size=64), st.integers(0, 1 << 40)),
+    st.integers(0, 1 << 40).map(Sparse),
+    st.binary(min_size=1, max_size=200).map(lambda b: Symlink(b.replace(b"\0", b"."))),
+    st.integers(0, 1 << 20).map(CharDevice), st.integers(1, 1 << 20).map(BlockDevice),
+    st.just(Fifo()), st.just(Socket()))
+_leaves = st.builds(Leaf, _stats, _contents)
+_trees = st.recursive(
+    _leaves,
+    lambda children: st.builds(Directory, _stats, st.dictionaries(_names, children, max_size=6)),
+    max_leaves=25)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_names, _trees, max_size=6), _stats, st.sampled_from([0, 1, 2]),
+       st.data())
+def test_random_tree_round_trip(entries: dict[bytes, Directory | Leaf], root_stat: Stat,
+                                version: int, data: st.DataObject) -> None:
+    """read_erofs(mkfs_erofs(tree)) == tree, with hard links added at random."""
+    dumpfile = pytest.importorskip("cfsboot.tree.dumpfile")
+    writer = pytest.importorskip("cfsboot.erofs.writer")
+    root = Directory(root_stat, entries)
+    dirs = [n for _, n in walk(root) if isinstance(n, Directory)]
+    leaves = [n for _, n in walk(root) if isinstance(n, Leaf) and n.content != CharDevice(0)]
+    if leaves:
+        for i in range(data.draw(st.integers(0, 3))):
+            target = data.draw(st.sampled_from(dirs))
+            target.entries[b"hl%d" % i] = data.draw(st.sampled_from(leaves))
+    if version == 2:
+        for _, node in walk(root):
+            node.stat.mtime_nsec = 0  # V2 does not store nanoseconds
+    image = writer.mkfs_erofs(root, version)
+    back = read_erofs(image)
+    assert dumpfile.write_dumpfile(back) == dumpfile.write_dumpfile(root)
+    assert check_image(image) == []
+    assert writer.mkfs_erofs(back, version) == image

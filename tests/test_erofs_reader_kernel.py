@@ -159,6 +159,8 @@ def rich_tree(version: int) -> Directory:
         s = Stat(mode, 0, 0, 1_700_000_000, 0, {b"security.selinux": b"system_u:object_r:usr_t:s0"})
         for k, v in kw.items():
             setattr(s, k, v)
+        if version == 2:
+            s.mtime_nsec = 0  # V2 does not store nanoseconds
         return s
 
     big = 5000 if version < 2 else 500  # V2 keeps everything inline (<= 512)

@@ -204,7 +204,7 @@ def test_concurrent_writers_threads_and_processes(tmp_path: Path) -> None:
             errors.append(e)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER_SCRIPT, str(root), "0"])
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER_SCRIPT, str(root), "10"])
              for _ in range(2)]
     for t in threads:
         t.start()
@@ -221,7 +221,9 @@ def test_concurrent_writers_threads_and_processes(tmp_path: Path) -> None:
 
 _WRITER_SCRIPT = r"""
 import os, sys
+from cfsboot.erofs.writer import mkfs_erofs
 from cfsboot.repository.repo import Repository
+from cfsboot.tree.model import Directory, External, Leaf, Stat
 root, loops = sys.argv[1], int(sys.argv[2])
 with Repository.open(root) as repo:
     i = 0
@@ -235,7 +237,9 @@ with Repository.open(root) as repo:
         w.write_reference(oid); w.add_external_size(len(blob))
         w.write_external(os.urandom(3000))
         repo.write_stream(w, "s%d" % (i % 7), "ref/%d" % (i % 5))
-        repo.write_image("img%d" % (i % 3), os.urandom(5000))
+        tree = Directory(Stat(0o755, 0, 0, i, 0))
+        tree.entries[b"f"] = Leaf(Stat(0o644, 0, 0, 0, 0), External.from_digest(oid, len(blob)))
+        repo.write_image("img%d" % (i % 3), mkfs_erofs(tree, 1))
         i += 1
         if loops and i >= loops:
             break

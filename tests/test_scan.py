@@ -106,6 +106,7 @@ def test_hardlinks_tracked_by_inode(tmp_path: Path) -> None:
     assert leaf(untracked.root, "big") is not leaf(untracked.root, "d/big2")
     assert leaf(untracked.root, "big").content == leaf(untracked.root, "d/big2").content
     assert untracked.counts.hardlinks == 0
+    assert untracked.counts.bytes_hashed == 2000  # still one read per inode
 
 
 def test_symlinks_are_never_followed(tmp_path: Path) -> None:
@@ -315,3 +316,42 @@ def test_object_path_of_scanned_file(tmp_path: Path) -> None:
     assert isinstance(content, External) and content.digest is not None
     assert content.path == object_path(content.digest)
     assert len(content.digest) == 64
+
+
+def test_non_utf8_names_round_trip(tmp_path: Path) -> None:
+    base = os.fsencode(tmp_path)
+    os.mkdir(base + b"/\x80dir")
+    with open(base + b"/\x80dir/\xff\xfe-file", "wb") as f:
+        f.write(b"n" * 300)
+    result = scan_directory(str(tmp_path))
+    node = result.root.get_path(b"/\x80dir/\xff\xfe-file")
+    assert isinstance(node, Leaf) and isinstance(node.content, External)
+    assert node.content.digest is not None
+    source = result.sources[node.content.digest]
+    assert os.fsencode(source) == base + b"/\x80dir/\xff\xfe-file"
+
+
+def test_progress_bar_only_changes_stderr(tmp_path: Path) -> None:
+    """With a TTY on stderr a bar is drawn there; stdout is still the bare result."""
+    import pty
+
+    for i in range(30):
+        (tmp_path / f"f{i}").write_bytes(bytes([i]) * 200_000)
+    master, slave = pty.openpty()
+    code = ("import sys; from cfsboot.tree.scan import ScanOptions, scan_directory\n"
+            "r = scan_directory(sys.argv[1], ScanOptions(progress=sys.stderr.isatty()))\n"
+            "print(r.counts.bytes_hashed)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    stdout, _ = proc.communicate(timeout=60)
+    drawn = b""
+    try:
+        while chunk := os.read(master, 65536):
+            drawn += chunk
+    except OSError:
+        pass  # EIO once the child has closed the pty
+    os.close(master)
+    assert proc.returncode == 0
+    assert stdout == b"6000000\n"
+    assert b"Hashing" in drawn

@@ -629,13 +629,13 @@ class _Parser:
                 self.pos += 1
                 break
             elif self.src[self.pos:self.pos + 2] in (b"&&", b"--", b"~~"):
-                lhs = union if lhs is None else _apply(op, lhs, union)
+                lhs = union if lhs is None else _apply(op, lhs, union, flags.i)
                 op = self.src[self.pos:self.pos + 2].decode()
                 self.pos += 2
                 union = 0
             else:
                 union |= self.class_range(flags)
-        result = union if lhs is None else _apply(op, lhs, union)
+        result = union if lhs is None else _apply(op, lhs, union, flags.i)
         if flags.i:
             result = fold_ascii(result)
         return ALL_BYTES & ~result if negated else result
@@ -721,7 +721,11 @@ class _Parser:
         return ALL_BYTES & ~bits if negated else bits
 
 
-def _apply(op: str, lhs: int, rhs: int) -> int:
+def _apply(op: str, lhs: int, rhs: int, fold: bool) -> int:
+    """A Rust class set operation; under (?i) both operands are case folded
+    first (``(?i)[\\w--a]`` excludes ``A`` too)."""
+    if fold:
+        lhs, rhs = fold_ascii(lhs), fold_ascii(rhs)
     if op == "&&":
         return lhs & rhs
     if op == "--":

@@ -107,7 +107,7 @@ class ImageInfo:
     root_nid: int
     inos: int
     blocks: int
-    build_time: int
+    build_time: int  # seconds, signed (as composefs-rs reads it)
     build_time_nsec: int
     meta_blkaddr: int
     xattr_blkaddr: int
@@ -161,9 +161,15 @@ def _parse_info(data: bytes) -> ImageInfo:
         image_size=len(data), composefs_version=hdr.composefs_version,
         epoch=1 if fmt.is_epoch1(hdr.composefs_version) else 2, flags=hdr.flags,
         feature_compat=sb.feature_compat, feature_incompat=sb.feature_incompat,
-        root_nid=sb.root_nid, inos=sb.inos, blocks=sb.blocks, build_time=sb.build_time,
+        root_nid=sb.root_nid, inos=sb.inos, blocks=sb.blocks,
+        build_time=_signed64(sb.build_time),
         build_time_nsec=sb.build_time_nsec, meta_blkaddr=sb.meta_blkaddr,
         xattr_blkaddr=sb.xattr_blkaddr)
+
+
+def _signed64(value: int) -> int:
+    """Times are i64 stored as u64 (two's complement), as composefs-rs reads them."""
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 # ---- raw structures ----------------------------------------------------------------
@@ -286,8 +292,7 @@ class ErofsImage:
                                  f"truncated by the end of the image ({len(data)} bytes)")
             (_, icount, mode, size, u, ino_nr, uid, gid, mtime, mtime_nsec,
              nlink) = fmt.EXTENDED_INODE.unpack_from(data, off)
-            if mtime >= 1 << 63:
-                mtime -= 1 << 64  # stored as the two's complement of an i64
+            mtime = _signed64(mtime)
             header_size = fmt.EXTENDED_INODE.size
         else:
             (_, icount, mode, nlink, size, u, ino_nr, uid,

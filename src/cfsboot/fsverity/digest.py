@@ -71,21 +71,53 @@ def hash_blocks(new: HashConstructor, data: memoryview) -> bytes:
                      for i in range(0, len(data), BLOCK_SIZE)])
 
 
-def _hash_padded_block(new: HashConstructor, block: bytes | bytearray | memoryview) -> bytes:
-    """Hash of one block of at most 4096 bytes, zero-padded to 4096 bytes."""
-    if len(block) == BLOCK_SIZE:
-        return new(block).digest()
-    return new(bytes(block) + _ZERO_BLOCK[len(block):]).digest()
+def hash_level(new: HashConstructor, data: memoryview) -> bytes:
+    """Hashes of all blocks of ``data`` (non-empty), the last one zero-padded."""
+    whole = len(data) - len(data) % BLOCK_SIZE
+    hashes = hash_blocks(new, data[:whole])
+    if whole < len(data):
+        hashes += new(bytes(data[whole:]) + _ZERO_BLOCK[len(data) - whole :]).digest()
+    return hashes
 
 
-def descriptor(alg: str, data_size: int, root_hash: bytes) -> bytes:
+def root_hash(new: HashConstructor, data: memoryview) -> bytes:
+    """Merkle root of ``data`` held in memory (not for empty data)."""
+    level = hash_level(new, data)
+    while len(level) > BLOCK_SIZE:
+        level = hash_level(new, memoryview(level))
+    # One (partial) block of hashes is left; with a single data block, its hash
+    # is already the root.
+    return level if len(data) <= BLOCK_SIZE else new(level + _ZERO_BLOCK[len(level) :]).digest()
+
+
+def _descriptor_head(alg: str) -> bytes:
+    # version 1, hash algorithm, log2(block size), salt size 0, 4 reserved bytes
+    return bytes((1, KERNEL_ALG_ID[alg], LOG_BLOCK_SIZE, 0)) + bytes(4)
+
+
+_DESCRIPTOR_HEAD = {alg: _descriptor_head(alg) for alg in KERNEL_ALG_ID}
+# root hash padding up to 64 bytes, the 32-byte salt field and 144 reserved bytes
+_DESCRIPTOR_TAIL = {alg: bytes(64 - size + 32 + 144) for alg, size in DIGEST_SIZE.items()}
+
+
+def descriptor(alg: str, data_size: int, root: bytes) -> bytes:
     """The 256-byte ``struct fsverity_descriptor`` (version 1, no salt)."""
-    return (bytes((1, KERNEL_ALG_ID[alg], LOG_BLOCK_SIZE, 0))  # version, alg, log bs, salt size
-            + bytes(4)                                         # reserved
-            + data_size.to_bytes(8, "little")
-            + root_hash.ljust(64, b"\0")                       # root hash, padded to 64
-            + bytes(32)                                        # salt
-            + bytes(144))                                      # reserved
+    return (_DESCRIPTOR_HEAD[alg] + data_size.to_bytes(8, "little") + root
+            + _DESCRIPTOR_TAIL[alg])
+
+
+def whole_digest(data: bytes | bytearray | memoryview, alg: str = "sha512") -> bytes:
+    """The fs-verity digest of ``data`` held in memory (no streaming state)."""
+    new = hash_constructor(alg)
+    view = memoryview(data).cast("B")
+    size = len(view)
+    if size == 0:
+        root = bytes(DIGEST_SIZE[alg])
+    elif size < BLOCK_SIZE:  # most files: one short block, hashed padded
+        root = new(view.tobytes() + _ZERO_BLOCK[size:]).digest()
+    else:
+        root = root_hash(new, view)
+    return new(descriptor(alg, size, root)).digest()
 
 
 class FsVerityHasher:
@@ -144,34 +176,32 @@ class FsVerityHasher:
             self._push(level + 1, parents)
 
     def _root_hash(self) -> bytes:
-        if self._size == 0:
-            return bytes(DIGEST_SIZE[self._alg])
-        levels = [bytearray(level) for level in self._levels]
-        new = self._new
+        levels = [bytes(level) for level in self._levels]
         if self._partial:
-            tail = _hash_padded_block(new, self._partial)
-            if not levels:
-                levels.append(bytearray())
-            levels[0] += tail
-        hash_size = DIGEST_SIZE[self._alg]
+            tail = self._new(bytes(self._partial) + _ZERO_BLOCK[len(self._partial) :]).digest()
+            if levels:
+                levels[0] += tail
+            else:
+                levels.append(tail)
+        if self._size <= BLOCK_SIZE:
+            return levels[0]  # a single data block: its hash is the root
+        # Each level holds at most one full block plus what the level below
+        # adds now; hash it upwards until a level fits in one block, then once more.
         level = 0
         while True:
             pending = levels[level]
-            if level == len(levels) - 1 and len(pending) == hash_size:
-                # A single hash at the top: the level below was one block (or
-                # the data was a single block) and this hash is the root.
-                return bytes(pending)
-            # At most one full block plus the hash just added from below.
             if level == len(levels) - 1:
-                levels.append(bytearray())
-            for start in range(0, len(pending), BLOCK_SIZE):
-                levels[level + 1] += _hash_padded_block(new, pending[start : start + BLOCK_SIZE])
+                if len(pending) <= BLOCK_SIZE:
+                    return self._new(pending + _ZERO_BLOCK[len(pending) :]).digest()
+                levels.append(b"")
+            levels[level + 1] += hash_level(self._new, memoryview(pending))
             level += 1
 
     def digest(self) -> bytes:
         """The fs-verity digest of everything fed so far (the hasher stays usable)."""
-        root = self._root_hash()
-        return self._new(descriptor(self._alg, self._size, root)).digest()
+        if self._size == 0:
+            return whole_digest(b"", self._alg)
+        return self._new(descriptor(self._alg, self._size, self._root_hash())).digest()
 
     def hexdigest(self) -> str:
         return self.digest().hex()
@@ -179,6 +209,4 @@ class FsVerityHasher:
 
 def fsverity_digest(data: bytes | bytearray | memoryview, alg: str = "sha512") -> bytes:
     """The fs-verity digest of ``data`` held in memory."""
-    hasher = FsVerityHasher(alg)
-    hasher.update(data)
-    return hasher.digest()
+    return whole_digest(data, alg)

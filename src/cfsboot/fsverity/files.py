@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TypeVar
 
 from cfsboot.errors import CfsError
-from cfsboot.fsverity.digest import DIGEST_SIZE, FsVerityHasher, hash_constructor
+from cfsboot.fsverity.digest import DIGEST_SIZE, FsVerityHasher, hash_constructor, whole_digest
 
 P = TypeVar("P", bound="str | os.PathLike[str]")
 
@@ -55,6 +55,7 @@ def digest_fd(fd: int, alg: str = "sha512", *,
     ``sink``, if given, is called with every chunk read, in order, so a caller can
     copy the file elsewhere while hashing it.  The memoryview is only valid during
     the call (the buffer is reused for the next chunk): copy it or write it out.
+    Chunks are ``bufsize`` bytes except the last (short reads are topped up).
     """
     hash_constructor(alg)  # fail on a bad algorithm before reading anything
     if bufsize < 1:
@@ -63,19 +64,38 @@ def digest_fd(fd: int, alg: str = "sha512", *,
     buf = free.pop() if free else bytearray(bufsize)
     view = memoryview(buf)
     try:
-        hasher = FsVerityHasher(alg)
+        hasher: FsVerityHasher | None = None
         total = 0
-        while n := os.readv(fd, [buf]):
-            chunk = view[:n]
-            if sink is not None:
+        while True:
+            filled = _fill(fd, buf, view)
+            total += filled
+            chunk = view[:filled]
+            if sink is not None and filled:
                 sink(chunk)
+            if filled < bufsize and hasher is None:
+                # The whole file fit in the buffer (most files do): skip the
+                # streaming state, which costs more than hashing a small file.
+                return whole_digest(chunk, alg), total
+            if hasher is None:
+                hasher = FsVerityHasher(alg)
             hasher.update(chunk)
             chunk.release()
-            total += n
-        return hasher.digest(), total
+            if filled < bufsize:
+                return hasher.digest(), total
     finally:
         view.release()
         free.append(buf)
+
+
+def _fill(fd: int, buf: bytearray, view: memoryview) -> int:
+    """Read into ``buf`` until it is full or at EOF; the number of bytes read."""
+    filled = os.readv(fd, [buf])
+    while 0 < filled < len(buf):
+        more = os.readv(fd, [view[filled:]])
+        if not more:
+            break
+        filled += more
+    return filled
 
 
 def digest_file(path: str | os.PathLike[str], alg: str = "sha512") -> bytes:

@@ -34,9 +34,11 @@ carries exactly what C's EROFS writer (``lcfs-writer-erofs.c``) uses:
   rejected ("File too large"), and the file is ``External(size, payload or
   b"", digest or None)``, or ``Sparse(size)`` when it has neither (C then
   writes only an empty metacopy xattr; an empty payload means no redirect).
-* DIGEST is only used for such external files; there it must be 64 hex
-  digits (C's ``digest_to_raw`` result is not checked: shorter or non-hex
-  input leaves uninitialised bytes in the image).  Elsewhere it is ignored.
+* DIGEST is only used for such external files; there C's ``digest_to_raw``
+  converts the first 64 hex digits to the 32-byte SHA-256 digest and ignores
+  the rest (so a SHA-512 digest is cut in half); shorter or non-hex input
+  would leave uninitialised bytes in the image and is rejected.  Elsewhere
+  DIGEST is ignored.
 * Symlinks: target (payload, NUL-truncated) non-empty and < 4096 bytes; other
   types: payload < 4096 bytes.  SIZE of symlinks is ignored (C uses the
   target length), of directories too (recomputed).
@@ -47,9 +49,15 @@ carries exactly what C's EROFS writer (``lcfs-writer-erofs.c``) uses:
 * ``strict`` (CFS_PARSE_STRICT): trailing newline, RDEV 0 on non-devices,
   symlink SIZE == target length, no CONTENT on symlinks.
 
-Deliberate deviations (inputs where C is undefined or absurd): numeric fields
-must be ``[+]digits`` within u64 (strtoull would accept blanks, signs and
-trailing garbage in some fields), MTIME nanoseconds must be < 10**9.
+Deliberate deviations, all on inputs where C is undefined or absurd (checked
+against C mkcomposefs 1.0.8, which accepts them): numeric fields must be
+``[+]digits`` within u64 (strtoull saturates on overflow and accepts blanks,
+signs and, in some fields, trailing garbage); MTIME nanoseconds must be
+< 10**9; a hard link whose target is a directory is rejected (C's
+``lcfs_compute_tree`` never checks link nodes, so it writes a second directory
+entry for the directory's inode, which the tree model cannot hold); sizes
+above 2**53 are rejected even where C's chunk count overflows (SIZE near
+2**64) and lets them through.
 
 Not representable in the tree (no vector needs it): the SIZE of devices,
 fifos and sockets, which C keeps and only uses to choose an extended inode
@@ -314,9 +322,12 @@ def _regular(size: int, payload: bytes | None, content: bytes | None,
         raise LineError(f"file too large ({size} > 2^53 bytes, needs > 1024 chunks)")
     raw = None
     if digest is not None:
-        if _HEX64.fullmatch(digest) is None:
+        # digest_to_raw fills 32 bytes from the first 64 hex digits and stops
+        # (a SHA-512 digest is cut to its first half); fewer or non-hex digits
+        # leave uninitialised bytes, so those are rejected.
+        if _HEX64.match(digest) is None:
             raise LineError(f"invalid DIGEST {show(digest)!r} (need 64 hex digits)")
-        raw = bytes.fromhex(digest.decode("ascii"))
+        raw = bytes.fromhex(digest[:64].decode("ascii"))
     if raw is None and not payload:
         return Sparse(size)
     return External(size, payload or b"", raw)

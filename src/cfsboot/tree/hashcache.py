@@ -62,6 +62,7 @@ class HashCache:
         self._magic = f"cfsboot-hashcache v1 {alg}\n".encode()
         self._old: dict[CacheKey, bytes] = {}
         self._used: dict[CacheKey, bytes] = {}
+        self._loaded = False
         self._lock = threading.Lock()
         self._started_ns = time.time_ns()
         self.hits = 0
@@ -76,11 +77,12 @@ class HashCache:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
             raise HashCacheError(f"cannot create cache directory {directory}: {e.strerror}") from e
-        cache = cls(directory, alg, digest_size)
-        cache._load()
-        return cache
+        return cls(directory, alg, digest_size)
 
     def _load(self) -> None:
+        """Read the file on first use (a run served by a whole cached result
+        never needs it)."""
+        self._loaded = True
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
@@ -99,6 +101,10 @@ class HashCache:
             self._old[key] = bytes(body[off + _RECORD.size:off + size])
 
     def lookup(self, st: os.stat_result) -> bytes | None:
+        if not self._loaded:
+            with self._lock:
+                if not self._loaded:
+                    self._load()
         key = cache_key(st)
         digest = self._old.get(key)
         with self._lock:

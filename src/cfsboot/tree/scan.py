@@ -135,10 +135,15 @@ def _open_root(root_path: bytes) -> os.stat_result:
 
 @dataclass(slots=True)
 class _Job:
-    """A regular file too large to inline, waiting for its digest."""
-    leaf: Leaf
+    """A regular file too large to inline, waiting for its digest.
+
+    Several leaves share a job when hard links are not tracked (C mkcomposefs
+    semantics: one leaf per name) — the inode is still read only once.
+    """
+    leaves: list[Leaf]
     path: bytes
     st: os.stat_result
+    content: External | None = None  # set once hashed (under _Scanner._lock)
 
 
 class _Scanner:
@@ -157,7 +162,8 @@ class _Scanner:
         track = opts.track_hardlinks
         inline_max = opts.inline_max
         counts = self.counts
-        seen: dict[tuple[int, int], Leaf] = {}
+        seen: dict[tuple[int, int], Leaf] = {}  # hard links, when tracked
+        jobs: dict[tuple[int, int], _Job] = {}  # inodes queued, when not tracked
         root = Directory(self._stat(self.root_path, root_st))
         counts.directories += 1
         stack: list[tuple[Directory, bytes]] = [(root, self.root_path)]
@@ -190,9 +196,15 @@ class _Scanner:
                     counts.regular_files += 1
                     counts.external_files += 1
                     counts.bytes_external += st.st_size
-                    job = _Job(leaf, full, st)
-                    if not self._from_cache(job):
-                        pool.submit(st.st_size, job)
+                    job = jobs.get((st.st_dev, st.st_ino)) if not track else None
+                    if job is not None:  # another name of an inode already queued
+                        self._add_leaf(job, leaf)
+                    else:
+                        job = _Job([leaf], full, st)
+                        if not track:
+                            jobs[(st.st_dev, st.st_ino)] = job
+                        if not self._from_cache(job):
+                            pool.submit(st.st_size, job)
                 else:
                     leaf = Leaf(self._stat(full, st), self._content(full, st, fmt))
                 if track:
@@ -232,6 +244,13 @@ class _Scanner:
 
     # ---- hashing (pool threads) -------------------------------------------
 
+    def _add_leaf(self, job: _Job, leaf: Leaf) -> None:
+        with self._lock:  # a worker may be finishing this job right now
+            if job.content is not None:
+                leaf.content = job.content
+            else:
+                job.leaves.append(leaf)
+
     def _from_cache(self, job: _Job) -> bool:
         """Complete ``job`` from the cache (in the walker: no thread hand-off)."""
         cache, sink = self.options.cache, self.options.sink
@@ -244,7 +263,7 @@ class _Scanner:
         return True
 
     def hash_job(self, job: _Job) -> int:
-        """Give ``job.leaf`` its External content; returns the bytes read."""
+        """Give ``job.leaves`` their External content; returns the bytes read."""
         opts = self.options
         cache, sink = opts.cache, opts.sink
         try:
@@ -279,8 +298,11 @@ class _Scanner:
         return size
 
     def _done(self, job: _Job, digest: bytes, hashed: int) -> None:
-        job.leaf.content = External.from_digest(digest, job.st.st_size)
+        content = External.from_digest(digest, job.st.st_size)
         with self._lock:
+            job.content = content
+            for leaf in job.leaves:
+                leaf.content = content
             self.sources.setdefault(digest, os.fsdecode(job.path))
             self.counts.bytes_hashed += hashed
             if not hashed:
@@ -378,17 +400,31 @@ def _entries(dir_path: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
 def fingerprint_tree(path: str, fingerprint: TreeFingerprint) -> TreeFingerprint | None:
     """Feed ``fingerprint`` exactly as ``scan_directory`` would, reading only
     metadata (no xattrs, no contents): a cheap "has anything changed?" check.
-    None when the tree cannot be read (the real scan will say why)."""
+    None when the tree cannot be read (the real scan will say why).
+
+    Same traversal as the scan (pop a directory, its entries in readdir order,
+    push its subdirectories in that order), but entries are stat'ed relative
+    to the directory's descriptor, which saves a full path walk per entry.
+    """
     root_path = os.fsencode(path)
     try:
         fingerprint.entry(b"", os.lstat(root_path))
         stack = [root_path]
         while stack:
             dir_path = stack.pop()
-            entries = _entries(dir_path)
+            fd = os.open(dir_path, _OPEN_DIR)
+            try:
+                with os.scandir(fd) as it:  # names come back as str for an fd
+                    names = [e.name for e in it]
+                entries = [(os.fsencode(name), b"",
+                            os.stat(name, dir_fd=fd, follow_symlinks=False))
+                           for name in names]
+            finally:
+                os.close(fd)
             fingerprint.directory(dir_path, entries)
-            stack.extend(full for _, full, st in entries if st_.S_ISDIR(st.st_mode))
-    except (OSError, ScanError):
+            base = dir_path + b"/"
+            stack.extend(base + name for name, _, st in entries if st_.S_ISDIR(st.st_mode))
+    except OSError:
         return None
     return fingerprint
 
