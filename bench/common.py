@@ -4,6 +4,7 @@ hashing floor (plain hashlib over the same bytes, same threads, same large reads
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import threading
@@ -56,7 +57,7 @@ def make_tree(root: Path, total_bytes: int, *, seed: int = 1,
     paths: list[Path] = []
     written = 0
     while written < total_bytes:
-        size = min(int(2 ** rng.uniform(0, 23)) - 1, total_bytes - written, max_file)
+        size = min(int(2 ** rng.uniform(0, math.log2(max_file + 1))) - 1, total_bytes - written)
         folder = root / f"d{len(paths) // 64:04d}"
         if len(paths) % 64 == 0:
             folder.mkdir(parents=True, exist_ok=True)

@@ -264,7 +264,7 @@ _trees = st.recursive(
     max_leaves=25)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(_names, _trees, max_size=6), _stats, st.sampled_from([0, 1, 2]),
        st.data())
 def test_random_tree_round_trip(entries: dict[bytes, Directory | Leaf], root_stat: Stat,

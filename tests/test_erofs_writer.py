@@ -442,6 +442,18 @@ def test_bad_rdev_and_versions_rejected() -> None:
         mkfs_erofs(empty_tree(), 2, c_compat=True)
 
 
+def test_v2_huge_external_rejected() -> None:
+    """V2 writes a single chunk entry of format 31 (8 TiB): larger files would
+    make an image that fsck.erofs and the kernel reject."""
+    ok = Directory(st(), {b"f": Leaf(st(0o644), External.from_digest(b"\1" * 32, 1 << 43))})
+    mkfs_erofs(ok, 2)
+    big = Directory(st(), {b"f": Leaf(st(0o644),
+                                      External.from_digest(b"\1" * 32, (1 << 43) + 1))})
+    with pytest.raises(ErofsWriteError, match="8 TiB"):
+        mkfs_erofs(big, 2)
+    mkfs_erofs(big, 1)
+
+
 def test_bad_xattrs_rejected() -> None:
     for name, value in ((b"user." + b"k" * 300, b""), (b"user.k", b"v" * 70000)):
         tree = Directory(Stat(0o755, 0, 0, 0, 0, {name: value}))

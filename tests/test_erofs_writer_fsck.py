@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import need_root, need_tool
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cfsboot.erofs.writer import mkfs_erofs
@@ -96,14 +96,29 @@ def fsck(image: bytes, tmp: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def v2_checkable(tree: Directory) -> bool:
+    """V2 (as composefs-rs) writes no chunk index for sparse files and external
+    files without a digest, so fsck.erofs may read garbage for them; and the
+    writer refuses external files over 8 TiB in V2."""
+    for _path, node in walk(tree):
+        if isinstance(node, Leaf):
+            c = node.content
+            if isinstance(c, Sparse) or (isinstance(c, External) and (
+                    c.digest is None or c.size > 1 << 43)):
+                return False
+    return True
+
+
 @pytest.mark.parametrize("version", [0, 1, 2])
 def test_fsck_accepts_random_trees(version: int) -> None:
     need_tool("fsck.erofs")
 
-    @settings(max_examples=30, deadline=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(max_examples=40, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                     HealthCheck.filter_too_much])
     @given(TREES)
     def check(tree: Directory) -> None:
+        assume(version != 2 or v2_checkable(tree))
         with tempfile.TemporaryDirectory() as tmp:
             fsck(mkfs_erofs(tree, version), Path(tmp))
     check()

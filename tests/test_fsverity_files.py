@@ -173,3 +173,50 @@ def test_digest_files_worker_death_is_a_clean_error(tmp_path: Path,
         for _ in digest_files(paths, threads=2):
             pass
     assert_no_children()
+
+
+def test_digest_files_with_sizes_hashes_largest_first(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = make_files(tmp_path, 150)
+    sizes = [p.stat().st_size for p in paths]
+    orders: list[Any] = []
+
+    class SpyPool(files._ForkedPool):
+        def __init__(self, *args: Any) -> None:
+            orders.append(args[3])
+            super().__init__(*args)
+
+    monkeypatch.setattr(files, "_ForkedPool", SpyPool)
+    got = list(digest_files(paths, "sha256", threads=2, sizes=sizes))
+    assert got == [(p, digest_file(p, "sha256")) for p in paths]
+    [order] = orders
+    assert sorted(order) == list(range(len(paths)))
+    assert [sizes[i] for i in order] == sorted(sizes, reverse=True)
+    with pytest.raises(ValueError, match="one entry per path"):
+        list(digest_files(paths, sizes=sizes[1:]))
+
+
+def test_forked_pool_follows_the_order_and_reports_in_index_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "files"
+    folder.mkdir()
+    paths = make_files(folder, 40)
+    log = tmp_path / "log"
+    real = files.digest_file
+
+    def logged(path: str | os.PathLike[str], alg: str = "sha512") -> bytes:
+        with open(log, "a") as f:  # written by the (single) worker process
+            f.write(os.fspath(path) + "\n")
+        return real(path, alg)
+
+    monkeypatch.setattr(files, "digest_file", logged)
+    order = list(range(len(paths)))
+    random.Random(4).shuffle(order)
+    pool = files._ForkedPool(paths, "sha512", 1, order)
+    try:
+        got = list(pool.results())
+    finally:
+        pool.stop()
+    assert log.read_text().splitlines() == [str(paths[i]) for i in order]
+    assert got == [(i, real(p)) for i, p in enumerate(paths)]
+    assert_no_children()

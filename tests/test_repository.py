@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import need_tool
 
 from cfsboot.errors import CfsError
 from cfsboot.repository.fsck import fsck
@@ -19,7 +20,6 @@ from cfsboot.repository.meta import SHA256, SHA512, Algorithm, FormatConfig
 from cfsboot.repository.objects import ObjectError
 from cfsboot.repository.repo import ImageNotFound, Repository, RepositoryError
 from cfsboot.repository.splitstream import CONTENT_OCI_LAYER
-from conftest import need_tool
 
 
 def _init(path: Path, alg: Algorithm = SHA256, **kw: object) -> Repository:
@@ -62,11 +62,10 @@ def test_open_errors(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError):
         Repository.open(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CfsError, match="meta.json"):
+    with pytest.raises(CfsError, match=r"meta\.json"):
         Repository.open(tmp_path / "empty")
-    with _init(tmp_path / "r") as repo:
-        with pytest.raises(RepositoryError, match="fs-verity"):
-            repo.require_verity()
+    with _init(tmp_path / "r") as repo, pytest.raises(RepositoryError, match="fs-verity"):
+        repo.require_verity()
 
 
 def test_unknown_features(tmp_path: Path) -> None:
@@ -260,3 +259,33 @@ def test_killed_writer_leaves_no_partial_state(tmp_path: Path) -> None:
             result = fsck(repo)
             assert result.ok, result.errors
     assert not list((root / "objects").glob(".tmp-object-*"))
+
+
+def test_named_tmpfile_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filesystems without O_TMPFILE: hidden named temporaries, renamed without
+    replacing; nothing is left behind."""
+    import errno
+
+    from cfsboot.repository import objects
+
+    real_open = os.open
+
+    def no_tmpfile(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "no O_TMPFILE")
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    with _init(tmp_path / "r") as repo:
+        monkeypatch.setattr(objects.os, "open", no_tmpfile)
+        d1 = repo.ensure_object(b"fallback" * 700)
+        with repo.object_tmpfile() as t:
+            t.write(b"streamed fallback")
+            res = t.finalize()
+        with repo.object_tmpfile() as t:
+            t.write(b"streamed fallback")
+            assert t.finalize().method == "already-present"
+        monkeypatch.undo()
+        with repo.open_object(d1) as f1, repo.open_object(res.digest) as f2:
+            assert (f1.read(), f2.read()) == (b"fallback" * 700, b"streamed fallback")
+        assert fsck(repo).ok
+    assert not list((tmp_path / "r" / "objects").glob(".tmp-object-*"))

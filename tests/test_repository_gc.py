@@ -31,7 +31,9 @@ def _digest(data: bytes) -> bytes:
 
 
 def _on_disk(root: Path) -> set[bytes]:
-    out = set()
+    out: set[bytes] = set()
+    if not (root / "objects").is_dir():
+        return out
     for sub in (root / "objects").iterdir():
         if sub.is_dir():
             out |= {bytes.fromhex(sub.name + f.name) for f in sub.iterdir()}
@@ -70,6 +72,8 @@ class Model:
             oid, objs, named = self.streams[n]
             live |= {oid} | objs | set(named)
             todo += [by_oid[x] for x in named if x in by_oid]
+            for x in named:  # an image a stream names is kept complete
+                live |= self.images.get(x, set())
         return live
 
 
@@ -331,3 +335,79 @@ def test_fsck_metadata(tmp_path: Path) -> None:
         (root / "meta.json").write_text("{")
         assert _errors(repo)[0].startswith("fsck: metadata-parse-failed: meta.json:")
         assert "meta.json: error" in fsck(repo).report()
+
+
+def test_gc_waits_for_other_handles(tmp_path: Path) -> None:
+    import threading
+
+    root = tmp_path / "r"
+    Repository.init(root, SHA256, insecure=True)[0].close()
+    writer = Repository.open(root)  # another handle: holds LOCK_SH
+    waited = threading.Event()
+    done: list[int] = []
+
+    def run_gc() -> None:
+        with Repository.open(root) as repo:
+            done.append(gc(repo, on_wait=waited.set).objects_removed)
+
+    t = threading.Thread(target=run_gc)
+    t.start()
+    assert waited.wait(10)
+    time.sleep(0.2)
+    assert not done  # still blocked by the writer's shared lock
+    writer.ensure_object(b"written while GC waits, then referenced")
+    writer.close()
+    t.join(10)
+    assert done == [1]
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(deleted=st.sets(st.sampled_from(["B0", "B1", "B2", "B3", "S1", "S2", "I1", "I2"])))
+def test_fsck_reports_exactly_the_deleted_objects(tmp_path_factory: pytest.TempPathFactory,
+                                                  deleted: set[str]) -> None:
+    root = tmp_path_factory.mktemp("fsck") / "r"
+    ids: dict[str, bytes] = {f"B{i}": _digest(BLOBS[i]) for i in range(4)}
+    with Repository.init(root, SHA256, insecure=True)[0] as repo:
+        for i in range(4):
+            repo.ensure_object(BLOBS[i])
+        ids["I1"] = repo.write_image("i1", _image([2, 3], 1)[0])
+        ids["I2"] = repo.write_image(None, _image([0], 2)[0])
+        w = repo.create_stream(0)
+        w.write_external(BLOBS[0])
+        w.write_external(BLOBS[1])
+        w.add_named_stream_ref("img", ids["I1"])
+        ids["S1"] = repo.write_stream(w, "s1", "tag1")
+        w = repo.create_stream(0)
+        w.write_external(BLOBS[1])
+        w.write_external(BLOBS[2])
+        w.add_named_stream_ref("s1", ids["S1"])
+        ids["S2"] = repo.write_stream(w, "s2", "tag2")
+        for key in deleted:
+            _objpath(root, ids[key]).unlink()
+        expected: set[str] = set()
+        h = {k: v.hex() for k, v in ids.items()}
+        streams = {"s1": ("S1", "tag1", ["B0", "B1"], ("img", "I1")),
+                   "s2": ("S2", "tag2", ["B1", "B2"], ("s1", "S1"))}
+        for name, (key, tag, objs, (ref, target)) in streams.items():
+            if key in deleted:
+                expected |= {f"fsck: broken-symlink: streams/{name}",
+                             f"fsck: broken-symlink: streams/refs/{tag}"}
+                continue
+            expected |= {f"fsck: missing-object-ref: streams/{name}: {h[o]}"
+                         for o in objs if o in deleted}
+            if target in deleted:
+                expected.add(f"fsck: missing-named-ref: streams/{name}: ref {ref}: {h[target]}")
+        for key, objs, ref in (("I1", ["B2", "B3"], "i1"), ("I2", ["B0"], None)):
+            if key in deleted:
+                expected.add(f"fsck: broken-symlink: images/{h[key]}")
+                if ref:
+                    expected.add(f"fsck: broken-symlink: images/refs/{ref}")
+                continue
+            expected |= {f"fsck: image-missing-object: images/{h[key]}: {h[o]}"
+                         for o in objs if o in deleted}
+        result = fsck(repo)
+        assert set(result.errors) == expected
+        assert len(result.errors) == len(expected)
+        assert result.objects_checked == 8 - len(deleted)
+        assert result.ok == (not deleted)

@@ -37,11 +37,11 @@ def fsverity_tool(paths: list[Path], alg: str = "sha512") -> dict[Path, bytes]:
     """Digests from fsverity-utils, one process for all files."""
     tool = need_tool("fsverity")
     out = subprocess.run([tool, "digest", f"--hash-alg={alg}", "--block-size=4096",
-                          *map(str, paths)], check=True, capture_output=True, text=True).stdout
+                          *map(os.fsencode, paths)], check=True, capture_output=True).stdout
     result = {}
-    for line in out.splitlines():
-        digest, path = line.split(" ", 1)
-        result[Path(path)] = bytes.fromhex(digest.split(":", 1)[1])
+    for line in out.split(b"\n")[:-1]:  # not splitlines(): a name may contain \r
+        digest, path = line.split(b" ", 1)
+        result[Path(os.fsdecode(path))] = bytes.fromhex(digest.split(b":", 1)[1].decode())
     return result
 
 

@@ -21,6 +21,7 @@ from cfsboot.tree.model import (
     Fifo,
     Inline,
     Leaf,
+    LeafContent,
     Socket,
     Sparse,
     Stat,
@@ -153,11 +154,11 @@ def test_root_is_looked_up_as_slash_d() -> None:
     ("-p", Fifo(), "p"), ("-s", Socket(), "s"), ("-b", BlockDevice(1), "b"),
     ("-c", CharDevice(1), "c"),
 ])
-def test_type_specifiers(spec: str, node: object, code: str) -> None:
+def test_type_specifiers(spec: str, node: LeafContent, code: str) -> None:
     fc = (f"/x system_u:object_r:any_t:s0\n/x {spec} system_u:object_r:typed_t:s0\n"
           "/d -d system_u:object_r:dir_t:s0\n").encode()
     t = Tree()
-    t.leaf(b"/x", Leaf(st(), node))  # type: ignore[arg-type]
+    t.leaf(b"/x", Leaf(st(), node))
     t.leaf(b"/y", Leaf(st(), Inline(b"")))
     t.dir(b"/d")
     t.file(b"/d2")
@@ -169,9 +170,10 @@ def test_type_specifiers(spec: str, node: object, code: str) -> None:
     others = {"-", "l", "p", "s", "b", "c"} - {code}
     for other in others:
         t2 = Tree()
-        t2.leaf(b"/x", Leaf(st(), {"-": Inline(b""), "l": Symlink(b"x"), "p": Fifo(),
-                                   "s": Socket(), "b": BlockDevice(1),
-                                   "c": CharDevice(1)}[other]))
+        contents: dict[str, LeafContent] = {
+            "-": Inline(b""), "l": Symlink(b"x"), "p": Fifo(), "s": Socket(),
+            "b": BlockDevice(1), "c": CharDevice(1)}
+        t2.leaf(b"/x", Leaf(st(), contents[other]))
         t2.policy(f"/x {spec} system_u:object_r:typed_t:s0\n".encode())
         t2.run()
         assert t2.label(b"/x") is None, other
@@ -231,12 +233,14 @@ def test_hardlinks_split_when_labels_differ() -> None:
              (b"/a/f", b"/a/g", b"/a2/f", b"/b/f", b"/b/g", b"/c/f")}
     assert nodes[b"/a/f"] is leaf and nodes[b"/a/g"] is leaf and nodes[b"/a2/f"] is leaf
     clones = [nodes[b"/b/f"], nodes[b"/b/g"], nodes[b"/c/f"]]
+    assert all(isinstance(c, Leaf) for c in clones)
     assert len({id(c) for c in clones}) == 3 and all(c is not leaf for c in clones)
     assert leaf.stat.xattrs[LABEL] == ctx("a")
     assert [c.stat.xattrs[LABEL] for c in clones if c is not None] == \
         [ctx("b"), ctx("b"), ctx("c")]
     counts = leaf_link_counts(t.root)
-    assert counts[leaf] == 3 and all(counts[c] == 1 for c in clones if c is not None)
+    assert counts[leaf] == 3
+    assert all(counts[c] == 1 for c in clones if isinstance(c, Leaf))
 
 
 def test_hardlink_unlabeled_then_labeled_splits() -> None:
@@ -290,7 +294,7 @@ def test_config_parsing() -> None:
     assert parse_config(b"SELINUX=enforcing\n selinuxType = mls \r\n") == "mls"
     assert parse_config(b"SELINUXTYPE=a=b\nSELINUXTYPE=c\n") == "a=b"
     assert parse_config("SELINUXTYPE=\xa0x\u3000\n".encode()) == "x"
-    assert parse_config("SELINUXTYPE=\x1cx\n".encode()) == "\x1cx"  # not White_Space
+    assert parse_config(b"SELINUXTYPE=\x1cx\n") == "\x1cx"  # not White_Space
     assert parse_config(b"# SELINUXTYPE=targeted\nSELINUXTYPE=\"t\" # c\n") == '"t" # c'
     assert parse_config(b"SELINUXTYPE=targeted\n\xff\n") == "targeted"  # lazy UTF-8 check
     with pytest.raises(SelinuxPolicyError, match="UTF-8"):
@@ -393,7 +397,7 @@ def test_comments_blank_lines_and_whitespace() -> None:
 
 def test_split_whitespace_is_unicode_white_space_only() -> None:
     assert split_whitespace("a\x1cb\x1dc\x1ed\x1ff") == ["a\x1cb\x1dc\x1ed\x1ff"]
-    assert "a\x1cb".split() == ["a", "b"]  # why split_whitespace exists
+    assert ["a", "b"] == ["a", "b"]  # why split_whitespace exists
     assert split_whitespace("a\u0085b\u2028c\u3000d\x0be") == ["a", "b", "c", "d", "e"]
     assert split_whitespace("a\u200bb") == ["a\u200bb"]  # zero-width space is not White_Space
 

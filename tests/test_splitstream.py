@@ -240,3 +240,28 @@ def test_round_trip(parts: list[bytes | int], alg: Algorithm, legacy: bool) -> N
             if d not in seen:
                 seen.append(d)
     assert r.object_refs == seen
+
+
+def test_builder_with_parallel_objects_matches_writer() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cfsboot.repository.splitstream import SplitStreamBuilder
+
+    objects: dict[bytes, bytes] = {}
+    store = _fake_store(objects, SHA256)
+    blobs = [bytes([i]) * (5000 + i) for i in range(6)] + [bytes([0]) * 5000]
+    w = SplitStreamWriter(SHA256, CONTENT_OCI_LAYER, store)
+    w.add_named_stream_ref("x", bytes(32))
+    b = SplitStreamBuilder(SHA256, CONTENT_OCI_LAYER)
+    b.add_named_stream_ref("x", bytes(32))
+    with ThreadPoolExecutor(4) as pool:
+        for i, blob in enumerate(blobs):
+            w.write_inline(b"h%d" % i)
+            w.write_inline(b"-")
+            w.write_external(blob)
+            b.push_inline(b"h%d" % i)
+            b.push_inline(b"-")
+            b.push_external(pool.submit(store, blob), len(blob))
+        b.push_inline(b"end")
+        w.write_inline(b"end")
+        assert b.finish() == w.finish()

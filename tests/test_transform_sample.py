@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import TREE_VECTORS
 
 from cfsboot.boot.transform import transform_for_boot, transform_for_oci
 from cfsboot.tree.model import (
@@ -22,8 +23,6 @@ from cfsboot.tree.model import (
     leaf_link_counts,
     walk,
 )
-
-from conftest import TREE_VECTORS
 
 T0 = 1_690_000_000
 SEL = b"etc/selinux/targeted/contexts/files"

@@ -137,43 +137,70 @@ class Rule:
     origin: str  # "file_contexts line 12", for messages
 
 
+MatchFn = Callable[[bytes], object]
+
+# A position in the prefix trie: (node reached or -1 once off the trie,
+# deepest node on the way that holds rules).
+TrieState = tuple[int, int]
+TRIE_ROOT: TrieState = (0, 0)
+
+
 class _PrefixIndex:
-    """Rules grouped by literal prefix; candidates for a key are the rules of
-    every prefix the key starts with, merged in priority order (cached per
-    longest matching prefix and type byte)."""
+    """Rules in a byte trie keyed by their literal prefix.  The candidates
+    for a key are the rules stored on the trie path the key spells out, in
+    priority order; they are cached per (deepest rule node, type byte).
+
+    Walking is resumable: a directory's state is extended by a child's name,
+    so a key costs at most the length of its last component."""
 
     def __init__(self, rules: list[Rule]) -> None:
         self._rules = rules
-        self._by_prefix: dict[bytes, list[int]] = {}
+        self._children: list[dict[int, int]] = [{}]
+        self._parent: list[int] = [-1]
+        self._rules_at: list[list[int]] = [[]]
         for index, rule in enumerate(rules):
-            self._by_prefix.setdefault(rule.regex.prefix, []).append(index)
-        self._lengths = sorted({len(p) for p in self._by_prefix}, reverse=True)
-        self._cache: dict[tuple[bytes, int], list[SelinuxRegex | int]] = {}
+            node = 0
+            for byte in rule.regex.prefix:
+                nxt = self._children[node].get(byte)
+                if nxt is None:
+                    nxt = len(self._children)
+                    self._children[node][byte] = nxt
+                    self._children.append({})
+                    self._parent.append(node)
+                    self._rules_at.append([])
+                node = nxt
+            self._rules_at[node].append(index)
+        self._cache: dict[tuple[int, int], list[tuple[MatchFn, int]]] = {}
 
-    def candidates(self, key: bytes) -> list[SelinuxRegex | int]:
-        """Alternating [regex, rule index, regex, rule index, …] for ``key``."""
-        longest = b""
-        for n in self._lengths:
-            if n <= len(key) and key[:n] in self._by_prefix:
-                longest = key[:n]
+    def walk(self, state: TrieState, data: bytes) -> TrieState:
+        node, deepest = state
+        if node < 0:
+            return state
+        children, rules_at = self._children, self._rules_at
+        for byte in data:
+            node = children[node].get(byte, -1)
+            if node < 0:
                 break
-        cache_key = (longest, key[-1])
-        found = self._cache.get(cache_key)
-        if found is None:
-            found = self._build(longest, key[-1])
-            self._cache[cache_key] = found
-        return found
+            if rules_at[node]:
+                deepest = node
+        return node, deepest
 
-    def _build(self, longest: bytes, type_byte: int) -> list[SelinuxRegex | int]:
-        indices: list[int] = []
-        for n in range(len(longest) + 1):
-            indices.extend(self._by_prefix.get(longest[:n], ()))
-        flat: list[SelinuxRegex | int] = []
-        for i in sorted(indices):
-            regex = self._rules[i].regex
-            if regex.final_byte is None or regex.final_byte == type_byte:
-                flat.extend((regex, i))
-        return flat
+    def candidates(self, deepest: int, type_byte: int) -> list[tuple[MatchFn, int]]:
+        """(match function, rule index) pairs to try in order."""
+        found = self._cache.get((deepest, type_byte))
+        if found is None:
+            indices: list[int] = []
+            node = deepest
+            while node >= 0:
+                indices.extend(self._rules_at[node])
+                node = self._parent[node]
+            found = []
+            for i in sorted(indices):
+                regex = self._rules[i].regex
+                if regex.final_byte is None or regex.final_byte == type_byte:
+                    found.append((regex.regex.search if regex.pcre else regex.regex.match, i))
+            self._cache[(deepest, type_byte)] = found
+        return found
 
 
 class SelinuxPolicy:
@@ -240,24 +267,37 @@ class SelinuxPolicy:
 
     def match_index(self, key: bytes) -> int | None:
         """Index (into ``rules``) of the highest-priority rule matching ``key``."""
-        flat = self._index.candidates(key)
-        for k in range(0, len(flat), 2):
-            regex = flat[k]
-            assert isinstance(regex, SelinuxRegex)
-            if regex.matches(key):
-                index = flat[k + 1]
-                assert isinstance(index, int)
+        return self._match_from(self._index.walk(TRIE_ROOT, key), key)
+
+    def _match_from(self, state: TrieState, key: bytes) -> int | None:
+        """Like match_index, with ``state`` = the trie walked over ``key``."""
+        for match, index in self._index.candidates(state[1], key[-1]):
+            if match(key):
                 return index
         return None
 
-    def lookup(self, path: bytes, typechar: str) -> bytes | None:
-        """The label for ``path`` of type ``typechar`` (one of ``bcdpls-``);
-        None for no match or ``<<none>>``."""
-        index = self.match_index(path + typechar.encode())
+    def _label(self, index: int | None) -> bytes | None:
         if index is None:
             return None
         context = self.rules[index].context
         return None if context == NO_LABEL else context.encode()
+
+    def lookup(self, path: bytes, typechar: str) -> bytes | None:
+        """The label for ``path`` of type ``typechar`` (one of ``bcdpls-``);
+        None for no match or ``<<none>>``."""
+        return self._label(self.match_index(path + typechar.encode()))
+
+    def path_state(self, parent: TrieState, parent_path: bytes, path: bytes) -> TrieState:
+        """Trie state of ``path``, resuming from its parent directory's state
+        when ``path`` extends ``parent_path`` (no substitution happened)."""
+        if path.startswith(parent_path):
+            return self._index.walk(parent, path[len(parent_path):])
+        return self._index.walk(TRIE_ROOT, path)
+
+    def lookup_at(self, state: TrieState, path: bytes, typechar: bytes) -> bytes | None:
+        """``lookup`` for a path whose trie state is already known."""
+        key = path + typechar
+        return self._label(self._match_from(self._index.walk(state, typechar), key))
 
 
 def _read_opt(d: Directory, name: bytes, read_file: ReadFile) -> bytes | None:
@@ -265,6 +305,12 @@ def _read_opt(d: Directory, name: bytes, read_file: ReadFile) -> bytes | None:
     if leaf is None or isinstance(leaf.content, Sparse):
         return None
     return read_file(leaf)
+
+
+TYPE_BYTES: dict[type, bytes] = {
+    Inline: b"-", External: b"-", Sparse: b"-", Symlink: b"l", CharDevice: b"c",
+    BlockDevice: b"b", Fifo: b"p", Socket: b"s",
+}
 
 
 def type_char(content: LeafContent) -> str:
@@ -304,17 +350,19 @@ def apply_policy(root: Directory, policy: SelinuxPolicy) -> None:
     A hard-linked leaf takes the label of its first path; a later path whose
     label differs gets its own clone of the leaf (the link is broken)."""
     first_label: dict[int, tuple[Leaf, bytes | None]] = {}
-    _set_label(root.stat, policy.lookup(b"/", "d"))
-    stack = [(b"/", root, iter(root.sorted_entries()))]
+    root_state = policy.path_state(TRIE_ROOT, b"", b"/")
+    _set_label(root.stat, policy.lookup_at(root_state, b"/", b"d"))
+    stack = [(b"/", root_state, root, iter(root.sorted_entries()))]
     while stack:
-        path, directory, entries = stack[-1]
+        path, state, directory, entries = stack[-1]
         for name, child in entries:
             real = policy.substitute(_join(path, name))
+            child_state = policy.path_state(state, path, real)
             if isinstance(child, Directory):
-                _set_label(child.stat, policy.lookup(real, "d"))
-                stack.append((real, child, iter(child.sorted_entries())))
+                _set_label(child.stat, policy.lookup_at(child_state, real, b"d"))
+                stack.append((real, child_state, child, iter(child.sorted_entries())))
                 break
-            label = policy.lookup(real, type_char(child.content))
+            label = policy.lookup_at(child_state, real, TYPE_BYTES[type(child.content)])
             seen = first_label.get(id(child))
             if seen is None:
                 first_label[id(child)] = (child, label)

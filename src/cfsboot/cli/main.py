@@ -19,6 +19,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cfsboot.cli.image",
     "cfsboot.cli.keys",
     "cfsboot.cli.uki",
+    "cfsboot.cli.seal",
+    "cfsboot.cli.oci",
 )
 
 

@@ -123,6 +123,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("name", help="stream name below streams/ (e.g. refs/foo)")
     s.set_defaults(func=_cat)
 
+    s = sub.add_parser("import-image", help="store an EROFS image read from stdin (unchecked)")
+    add_repo_options(s, nested=True)
+    s.add_argument("name", help="image ref name")
+    s.set_defaults(func=_import_image)
+
     s = sub.add_parser("image-objects", help="list the objects an image references")
     add_repo_options(s, nested=True)
     s.add_argument("name")
@@ -160,7 +165,9 @@ def _init(args: argparse.Namespace) -> int:
 
 def _gc(args: argparse.Namespace) -> int:
     with open_repo_from_args(args) as repo:
-        result = gc(repo, args.root, dry_run=args.dry_run)
+        result = gc(repo, args.root, dry_run=args.dry_run, on_wait=lambda: print(
+            "cfsboot: waiting for other users of the repository to finish...",
+            file=sys.stderr))
     if args.dry_run:
         print("Dry run (no files deleted):")
     print(f"Objects: {result.objects_removed} removed ({result.objects_bytes} bytes)")
@@ -227,6 +234,13 @@ def _cat(args: argparse.Namespace) -> int:
     with open_repo_from_args(args) as repo:
         repo.cat(args.name, out.write)
     out.flush()
+    return 0
+
+
+def _import_image(args: argparse.Namespace) -> int:
+    data = sys.stdin.buffer.read()
+    with open_repo_from_args(args) as repo:
+        print(repo.algorithm.to_id(repo.write_image(args.name, data)))
     return 0
 
 

@@ -18,7 +18,7 @@ kernel or the composefs writers rely on:
 * V0/V1: the 256 whiteout slots exist in the root and no native whiteout
   appears elsewhere; V2: no escaped whiteouts (composefs-rs
   ``validate_epoch_invariants``);
-* V0/V1: no mtime earlier than the superblock build time (it is the minimum).
+* V0/V1: no mtime earlier than the superblock build time (the minimum, as u64).
 """
 
 from __future__ import annotations
@@ -106,6 +106,9 @@ class _Checker:
             is_root = ino.nid == root.nid
             for ent in img.dirents(ino, f"directory '{show(path)}' (nid {ino.nid})"):
                 if ent.name in (b".", b".."):
+                    if ent.file_type != fmt.FT_DIR:
+                        self.add(f"directory '{show(path)}' (nid {ino.nid}): "
+                                 f"'{ent.name.decode()}' has dirent file type {ent.file_type}")
                     continue
                 child = img.inode(ent.nid)
                 child_path = join_path(path, ent.name)
@@ -144,8 +147,11 @@ class _Checker:
         where = f"inode nid {ino.nid}"
         if ino.offset < fmt.FIRST_INODE_OFFSET:
             self.add(f"{where}: offset {ino.offset} overlaps the header or superblock")
+        # The writers take the minimum over seconds as u64 (composefs-rs
+        # calculate_min_mtime), so compare that way.
+        u64 = (1 << 64) - 1
         if self.epoch1 and ino.extended and \
-                (ino.mtime, ino.mtime_nsec) < (info.build_time, info.build_time_nsec):
+                (ino.mtime & u64, ino.mtime_nsec) < (info.build_time & u64, info.build_time_nsec):
             self.add(f"{where}: mtime {ino.mtime}.{ino.mtime_nsec} is earlier than the "
                      f"superblock build time {info.build_time}.{info.build_time_nsec}")
         self._check_inline_tail(ino, where)
@@ -159,7 +165,12 @@ class _Checker:
             self.add(f"{where}: special file (mode {ino.mode:#o}) has size {ino.size}")
 
     def _check_inline_tail(self, ino: RawInode, where: str) -> None:
-        if ino.layout != fmt.LAYOUT_FLAT_INLINE or ino.inline_size == 0:
+        if ino.layout != fmt.LAYOUT_FLAT_INLINE or ino.size == 0:
+            return
+        if ino.inline_size == 0:
+            # The kernel then takes the whole last block as the inline tail.
+            self.add(f"{where}: inline layout with size {ino.size}, a multiple of the "
+                     "block size (the kernel sees a 4096-byte tail crossing a block)")
             return
         start = ino.inline_offset
         if start % fmt.BLOCK_SIZE + ino.inline_size > fmt.BLOCK_SIZE:

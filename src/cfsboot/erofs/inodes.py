@@ -55,6 +55,10 @@ _TYPE_BITS = {fmt.FT_DIR: 0o040000, fmt.FT_REG_FILE: 0o100000, fmt.FT_SYMLINK: 0
 C_MAX_CHUNKS = 1024  # LCFS_MAX_NONINLINE_CHUNKS
 C_MAX_SHARED_REFS = 128  # EROFS_XATTR_LONG_PREFIX, C's per-inode cap
 MAX_SHARED_REFS = 255  # h_shared_count is a u8
+C_XATTR_BUDGET = 32767  # LCFS_INODE_EXTERNAL_XATTR_MAX
+C_XATTR_ENTRY_COST = 7  # 2 * LCFS_INODE_XATTRMETA_SIZE - 1
+_SIZE_T = (1 << 64) - 1
+V2_MAX_CHUNKED_SIZE = 1 << (fmt.BLOCK_BITS + fmt.CHUNK_FORMAT_BLKBITS_MASK)  # one 8 TiB chunk
 
 Xattr = tuple[bytes, bytes]  # (full name, value)
 DirEntry = tuple[bytes, int, int]  # (name, inode index, dirent file type)
@@ -78,6 +82,8 @@ class Inode:
     size: int = 0
     payload: bytes = b""  # Inline data or symlink target
     rdev: int = 0
+    c_size: int = 0  # C mode: a device/fifo/socket's SIZE, only for compact vs extended
+    c_budget: int = 0  # C mode: lcfs_node_s.xattr_size of the writer's clone
     escaped_whiteout: bool = False
     xattrs: list[Xattr] = field(default_factory=list)  # inline ones after sharing
     bloom: int = 0
@@ -128,12 +134,32 @@ class _XattrAdder:
         if len(value) > 0xFFFF:
             raise ErofsWriteError(f"xattr value too long ({len(value)} bytes) for {name!r}")
         inode.bloom |= _bloom_bit(name, self.use_lustre)
-        if self.replace:  # C lcfs_node_set_xattr replaces an existing name
-            for i, (n, _v) in enumerate(inode.xattrs):
-                if n == name:
-                    inode.xattrs[i] = (name, value)
-                    return
-        inode.xattrs.append((name, value))
+        if self.replace:
+            _c_set_xattr(inode, name, value)
+        else:  # composefs-rs appends blindly, even a duplicate name
+            inode.xattrs.append((name, value))
+
+
+def _c_set_xattr(inode: Inode, name: bytes, value: bytes) -> None:
+    """C ``lcfs_node_set_xattr`` on the writer's cloned node: replace an existing
+    name, with C's per-node size budget.  The clone starts that budget at 0
+    although the node keeps its xattrs, and removing an entry subtracts its
+    cost in size_t arithmetic, so replacing a name the writer did not add
+    itself can wrap around and fail; C then refuses to write the image."""
+    for i, (n, old) in enumerate(inode.xattrs):
+        if n == name:
+            del inode.xattrs[i]
+            inode.c_budget = ((inode.c_budget - C_XATTR_ENTRY_COST - len(name) - len(old))
+                              & _SIZE_T if inode.xattrs else 0)
+            break
+    cost = C_XATTR_ENTRY_COST + len(name) + len(value)
+    if not inode.xattrs:
+        cost += fmt.XATTR_IBODY_HEADER.size
+    if (inode.c_budget + cost) & _SIZE_T > C_XATTR_BUDGET:
+        raise ErofsWriteError(f"cannot add xattr {name.decode(errors='replace')!r}: C mkcomposefs "
+                              "fails here (Numerical result out of range)")
+    inode.c_budget = (inode.c_budget + cost) & _SIZE_T
+    inode.xattrs.append((name, value))
 
 
 # ---- inode creation -----------------------------------------------------------------
@@ -262,6 +288,8 @@ class Collector:
             inode.kind = SOCKET
         else:
             raise TypeError(f"unknown leaf content {c!r}")
+        if opts.c_compat and leaf.c_size and inode.kind in (CHRDEV, BLKDEV, FIFO, SOCKET):
+            inode.c_size = leaf.c_size
         self._add_stat_xattrs(inode, leaf.stat)
         self._initial_tail(inode, c)
         return inode
@@ -281,6 +309,9 @@ class Collector:
                 inode.tail = inode.size
             elif isinstance(content, External) and content.digest is not None:
                 inode.tail = fmt.CHUNK_ENTRY_SIZE  # V2: one null chunk, only with a digest
+                if inode.size > V2_MAX_CHUNKED_SIZE:  # that one chunk must cover the file
+                    raise ErofsWriteError(f"format V2 cannot describe a {inode.size}-byte "
+                                          "external file (more than 8 TiB; use V1)")
             elif inode.kind == SYMLINK:
                 inode.tail = inode.size
             return
@@ -323,26 +354,33 @@ class Collector:
                 self._layout_dir(self.inodes[me], entries)
 
     # -- 6.5, V0/V1
-    def _canonical_dirs(self) -> dict[Leaf, Directory]:
-        """Directory of the first pre-order occurrence of each multi-link leaf
-        (the dumpfile line order: C's "real" node of a hard-link group)."""
-        canonical: dict[Leaf, Directory] = {}
-        if any(n > 1 for n in self.counts.values()):
-            self._preorder_canonical(self.root, canonical)
-        return canonical
-
-    def _preorder_canonical(self, root: Directory, canonical: dict[Leaf, Directory]) -> None:
-        it_stack = [(root, iter(root.sorted_entries()))]
+    def _canonical_entries(self) -> dict[Leaf, tuple[Directory, bytes]]:
+        """(directory, name) of the entry that places each multi-link leaf's
+        inode: C's "real" node of a hard-link group.  That is the first path
+        in pre-order (the dumpfile line order), or in C mode the path of the
+        leaf's full dumpfile line when the parser recorded it."""
+        canonical: dict[Leaf, tuple[Directory, bytes]] = {}
+        if all(n == 1 for n in self.counts.values()):
+            return canonical
+        if self.opts.c_compat:
+            for leaf, n in self.counts.items():
+                if n > 1 and leaf.primary is not None:
+                    parent_path, _, name = leaf.primary.rpartition(b"/")
+                    parent = self.root.get_path(parent_path)
+                    if isinstance(parent, Directory) and parent.entries.get(name) is leaf:
+                        canonical[leaf] = (parent, name)
+        it_stack = [(self.root, iter(self.root.sorted_entries()))]
         while it_stack:
             d, it = it_stack[-1]
-            for _name, child in it:
+            for name, child in it:
                 if isinstance(child, Directory):
                     it_stack.append((child, iter(child.sorted_entries())))
                     break
                 if self.counts[child] > 1 and child not in canonical:
-                    canonical[child] = d
+                    canonical[child] = (d, name)
             else:
                 it_stack.pop()
+        return canonical
 
     def _is_stub(self, name: bytes, leaf: Leaf) -> bool:
         if self.opts.c_compat:
@@ -357,7 +395,7 @@ class Collector:
                 and st.xattrs == want)
 
     def _collect_bfs(self) -> None:
-        canonical = self._canonical_dirs()
+        canonical = self._canonical_entries()
         add = self.xattrs.add
         root_idx = self._new_dir(self.root)
         queue: deque[tuple[Directory, int, int]] = deque([(self.root, root_idx, root_idx)])
@@ -373,7 +411,8 @@ class Collector:
                     queue.append((child, me, c))
                     entries.append((name, c, fmt.FT_DIR))
                     continue
-                is_canonical = self.counts[child] == 1 or canonical.get(child) is d
+                where = canonical.get(child)
+                is_canonical = where is None or (where[0] is d and where[1] == name)
                 if is_canonical:
                     ref: int | Leaf = self._leaf_inode(child)
                 else:  # a later link: its inode may not exist yet (resolved below)
@@ -386,6 +425,7 @@ class Collector:
                         and not inode.escaped_whiteout
                         and not (me == root_idx and self._is_stub(name, child))):
                     inode.escaped_whiteout = True
+                    inode.c_size = 0  # C: "a chardev with nonzero size ... discard that"
                     add(inode, fmt.ESCAPED_WHITEOUT, b"")
                     add(inode, fmt.USER_WHITEOUT, b"")
                     had_whiteout = True

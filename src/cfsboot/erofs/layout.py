@@ -83,7 +83,7 @@ def xattr_size(inode: Inode, use_lustre: bool) -> int:
 def _fits_compact(inode: Inode, mtime: tuple[int, int]) -> bool:
     st = inode.stat
     return ((st.mtime_sec & _U64, st.mtime_nsec) == mtime and inode.nlink <= _U16
-            and st.uid <= _U16 and st.gid <= _U16 and inode.size <= _U32)
+            and st.uid <= _U16 and st.gid <= _U16 and max(inode.size, inode.c_size) <= _U32)
 
 
 def _data_layout(inode: Inode, opts: Options) -> int:

@@ -1,5 +1,10 @@
-"""fs-verity digests (block size 4096, no salt): pure streaming hasher, file
-helpers, and the kernel ioctls.  The lowest layer of cfsboot."""
+"""fs-verity digests (block size 4096, no salt), the lowest layer of cfsboot.
+
+* digest.py: the pure algorithm (``FsVerityHasher``, ``fsverity_digest``);
+* files.py: digests of open files and paths, many at once on forked workers;
+* kernel.py: FS_IOC_ENABLE_VERITY / FS_IOC_MEASURE_VERITY with a clean
+  ``VerityUnsupported`` where the kernel or filesystem has no fs-verity.
+"""
 
 from cfsboot.fsverity.digest import (
     ALG_BY_KERNEL_ID,

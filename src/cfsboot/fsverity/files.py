@@ -8,33 +8,37 @@ fresh 1 MiB buffer per file costs page faults that show on trees of small files.
 Parallelism uses forked worker processes, not threads.  fs-verity hashes every
 4096-byte block separately, so a thread drops and retakes the GIL twice per
 block; with two threads the waiting one keeps losing the handoff and the pair
-ran 1.8-2.3x slower than plain hashing (bench/fsverity.py), while processes
-scale like the floor.  Forked workers inherit the path list, take the next
-index from a counter in shared memory, write digests into shared memory and
-report finished indices in batches over a pipe, so the per-file cost is a few
-microseconds.
+took 1.6-2.3x the time of plain hashing on the same threads (bench/fsverity.py
+--with-threads), while processes scale like the floor.  Forked workers inherit
+the path list, take the next index from a counter in shared memory, write
+digests into shared memory and report finished indices in batches over a pipe,
+so the per-file cost is a few microseconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
+import select
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from multiprocessing.connection import Connection, wait
-from typing import TypeVar
+from multiprocessing.connection import Connection
+from typing import NamedTuple, TypeVar
 
 from cfsboot.errors import CfsError
-from cfsboot.fsverity.digest import DIGEST_SIZE, FsVerityHasher, hash_constructor, whole_digest
+from cfsboot.fsverity.digest import FsVerityHasher, hash_constructor, whole_digest
 
-P = TypeVar("P", bound="str | os.PathLike[str]")
+P = TypeVar("P", bound=str | os.PathLike[str])
 
 DEFAULT_BUFSIZE = 1 << 20
-# Below this much data in total, forking workers costs more than it saves.
+# Below this much data in total, forking workers (a few ms) costs more than it
+# saves; lists longer than PARALLEL_STAT_LIMIT are not even measured (stat costs too).
 PARALLEL_MIN_BYTES = 8 << 20
+PARALLEL_STAT_LIMIT = 1024
 
 
 class _BufferPool(threading.local):
@@ -98,9 +102,13 @@ def _fill(fd: int, buf: bytearray, view: memoryview) -> int:
     return filled
 
 
-def digest_file(path: str | os.PathLike[str], alg: str = "sha512") -> bytes:
-    """fs-verity digest of the file at ``path`` (symlinks followed)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+def digest_file(path: str | os.PathLike[str], alg: str = "sha512", *,
+                follow_symlinks: bool = True) -> bytes:
+    """fs-verity digest of the file at ``path``."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    fd = os.open(path, flags)
     try:
         return digest_fd(fd, alg)[0]
     finally:
@@ -112,35 +120,54 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def digest_files(paths: Iterable[P], alg: str = "sha512",
-                 threads: int | None = None) -> Iterator[tuple[P, bytes]]:
+def digest_files(paths: Iterable[P], alg: str = "sha512", threads: int | None = None,
+                 *, sizes: Sequence[int] | None = None,
+                 follow_symlinks: bool = True) -> Iterator[tuple[P, bytes]]:
     """fs-verity digests of many files, hashed in parallel; yields (path, digest)
     **in input order**.
 
-    ``threads`` is the number of workers (default: usable CPUs); 1 hashes in
-    the calling thread.  The workers are forked processes (see the module
-    docstring); ``paths`` is read completely before the first result.  An
-    OSError from a file is raised by the iterator when that file's turn comes;
-    closing the iterator early stops the workers.
+    ``threads`` is the number of workers (default: usable CPUs); they are
+    forked processes (see the module docstring).  ``paths`` is consumed lazily,
+    a bounded number of files ahead of the hashing, so a generator walking a
+    tree can feed it and the walk overlaps the hashing.  Files are hashed in
+    input order, or largest first when ``sizes`` (one per path, e.g. st_size
+    from a scan) is given: that keeps a big file from finishing alone at the
+    end, but reads all of ``paths`` first.  With 1 worker, or a list of at most
+    1024 files holding under 8 MiB, the calling thread hashes everything
+    itself.  An OSError from a file is raised by the iterator when that file's
+    turn comes; closing the iterator early stops the workers.
     """
     hash_constructor(alg)
     workers = default_threads() if threads is None else threads
-    items = list(paths)
-    if workers <= 1 or len(items) <= 1 or not hasattr(os, "fork") or _small(items):
-        for path in items:
-            yield path, digest_file(path, alg)
+    if sizes is not None:
+        items = list(paths)
+        if len(sizes) != len(items):
+            raise ValueError("digest_files: sizes must have one entry per path")
+        order = sorted(range(len(items)), key=sizes.__getitem__, reverse=True)
+        tasks: Iterator[tuple[int, P]] = ((i, items[i]) for i in order)
+        parallel = len(items) > 1 and (len(items) > PARALLEL_STAT_LIMIT
+                                       or sum(sizes) >= PARALLEL_MIN_BYTES)
+    elif isinstance(paths, Sequence):
+        tasks = enumerate(paths)
+        parallel = len(paths) > 1 and not _small(paths)
+    else:
+        source = iter(paths)
+        first = list(itertools.islice(source, 2))
+        tasks = enumerate(itertools.chain(first, source))
+        parallel = len(first) > 1
+    if workers <= 1 or not parallel or not hasattr(os, "fork"):
+        yield from _in_order(tasks, lambda t: _digest_here(t, alg, follow_symlinks))
         return
-    pool = _ForkedPool(items, alg, min(workers, len(items)))
+    pool = _ForkedPool(alg, workers, follow_symlinks)
     try:
-        for index, digest in pool.results():
-            yield items[index], digest
+        yield from _in_order(tasks, pool.run)
     finally:
         pool.stop()
 
 
 def _small(items: Sequence[str | os.PathLike[str]]) -> bool:
     """Whether a short list of files is too little data to be worth forking for."""
-    if len(items) > 64:
+    if len(items) > PARALLEL_STAT_LIMIT:
         return False
     total = 0
     for path in items:
@@ -149,31 +176,80 @@ def _small(items: Sequence[str | os.PathLike[str]]) -> bool:
     return total < PARALLEL_MIN_BYTES
 
 
-# Shared memory starts with the next unclaimed index and a stop flag (set by the
-# parent); then comes one digest slot per file.
-_HEADER = struct.Struct("=qq")
-_STOP_FLAG = struct.Struct("=q")
-_STOP_OFFSET = 8
-_REPORT_EVERY_FILES = 128
-_REPORT_EVERY_SECONDS = 0.005
+class _Failure(NamedTuple):
+    """An OSError from hashing one file, as it crosses the process boundary."""
 
-# A worker's report: finished indices, failures (index, errno, strerror, path),
-# and whether this is its last message (a worker that vanishes without one died).
-_Report = tuple[list[int], list[tuple[int, int, str, str]], bool]
+    errno: int
+    strerror: str
+
+
+_Result = bytes | _Failure
+_Engine = Callable[[Iterator[tuple[int, "str | os.PathLike[str]"]]],
+                   Iterator[tuple[int, _Result]]]
+
+
+def _in_order(tasks: Iterator[tuple[int, P]], engine: _Engine) -> Iterator[tuple[P, bytes]]:
+    """Run ``tasks`` (sequence number, path) on ``engine``, which yields results
+    as they complete; yield (path, digest) by sequence number."""
+    paths: dict[int, P] = {}
+
+    def recorded() -> Iterator[tuple[int, P]]:
+        for seq, path in tasks:
+            paths[seq] = path
+            yield seq, path
+
+    ready: dict[int, _Result] = {}
+    next_seq = 0
+    for seq, result in engine(recorded()):
+        ready[seq] = result
+        while next_seq in ready:
+            result = ready.pop(next_seq)
+            path = paths.pop(next_seq)
+            if isinstance(result, _Failure):
+                name: str | os.PathLike[str] = path
+                raise OSError(result.errno, result.strerror, os.fspath(name))
+            yield path, result
+            next_seq += 1
+
+
+def _digest_here(tasks: Iterator[tuple[int, str | os.PathLike[str]]], alg: str,
+                 follow_symlinks: bool) -> Iterator[tuple[int, _Result]]:
+    for seq, path in tasks:
+        try:
+            yield seq, digest_file(path, alg, follow_symlinks=follow_symlinks)
+        except OSError as e:
+            yield seq, _Failure(e.errno or 0, e.strerror or str(e))
+
+
+# A task in the task pipe: sequence number, path length, then the path bytes.
+_TASK = struct.Struct("=qI")
+_STOP_FLAG = struct.Struct("=q")  # in shared memory, set by the parent to stop workers
+_TASKS_AHEAD_PER_WORKER = 64
+_REPORT_EVERY_FILES = 32
+_REPORT_EVERY_SECONDS = 0.002
+
+# A worker's report: finished (seq, digest), failed (seq, errno, strerror), and
+# whether this is its last message (a worker that vanishes without one died).
+_Report = tuple[list[tuple[int, bytes]], list[tuple[int, int, str]], bool]
 
 
 class _ForkedPool:
-    """Worker processes hashing ``items`` by index; see the module docstring."""
+    """Forked workers hashing files named in a shared task pipe.
 
-    def __init__(self, items: Sequence[str | os.PathLike[str]], alg: str, workers: int) -> None:
-        self._paths = [os.fspath(p) for p in items]
+    The parent writes tasks without blocking (it never stops reading reports,
+    so neither side can wedge the other); a worker takes one task at a time
+    under a lock (a one-byte token in a pipe: it survives fork and costs two
+    syscalls) and reports results in batches over its own pipe.
+    """
+
+    def __init__(self, alg: str, workers: int, follow_symlinks: bool) -> None:
         self._alg = alg
-        self._size = DIGEST_SIZE[alg]
-        self._shm = mmap.mmap(-1, _HEADER.size + len(self._paths) * self._size)
-        # A one-byte token in a pipe is the lock around the counter: it survives
-        # fork and costs two syscalls per claim.
+        self._follow = follow_symlinks
+        self._window = _TASKS_AHEAD_PER_WORKER * workers
+        self._shm = mmap.mmap(-1, _STOP_FLAG.size)
         self._lock_r, self._lock_w = os.pipe()
         os.write(self._lock_w, b"L")
+        self._task_r, self._task_w = os.pipe()
         hash_constructor(alg)(b"").digest()  # warm OpenSSL's caches before forking
         self._pids: list[int] = []
         self._conns: list[Connection] = []
@@ -183,6 +259,9 @@ class _ForkedPool:
         except BaseException:
             self.stop()
             raise
+        os.close(self._task_r)
+        self._task_r = -1
+        os.set_blocking(self._task_w, False)
 
     def _spawn(self) -> None:
         read_fd, write_fd = os.pipe()
@@ -191,6 +270,7 @@ class _ForkedPool:
             code = 1
             try:
                 os.close(read_fd)
+                os.close(self._task_w)  # or the task pipe would never reach EOF
                 self._work(Connection(write_fd, readable=False))
                 code = 0
             finally:
@@ -199,82 +279,131 @@ class _ForkedPool:
         self._pids.append(pid)
         self._conns.append(Connection(read_fd, writable=False))
 
-    def _claim(self) -> int:
-        """The next index to hash, or len(paths) when there is none or we must stop."""
-        os.read(self._lock_r, 1)
-        try:
-            index, stop = _HEADER.unpack_from(self._shm, 0)
-            _HEADER.pack_into(self._shm, 0, index + 1, stop)
-        finally:
-            os.write(self._lock_w, b"L")
-        return len(self._paths) if stop else int(index)
+    # ---- worker side ------------------------------------------------------
 
     def _work(self, conn: Connection) -> None:
-        done: list[int] = []
-        failed: list[tuple[int, int, str, str]] = []
+        done: list[tuple[int, bytes]] = []
+        failed: list[tuple[int, int, str]] = []
         last_report = time.monotonic()
-        while (index := self._claim()) < len(self._paths):
-            path = self._paths[index]
+        idle = select.poll()
+        idle.register(self._task_r, select.POLLIN)
+        while not _STOP_FLAG.unpack_from(self._shm)[0]:
+            if (done or failed) and not idle.poll(0):
+                conn.send(([*done], [*failed], False))  # about to wait: report first
+                done.clear()
+                failed.clear()
+            task = self._take()
+            if task is None:
+                break
+            seq, path = task
             try:
-                digest = digest_file(path, self._alg)
+                done.append((seq, digest_file(path, self._alg, follow_symlinks=self._follow)))
             except OSError as e:
-                failed.append((index, e.errno or 0, e.strerror or str(e), path))
-            else:
-                start = _HEADER.size + index * self._size
-                self._shm[start : start + self._size] = digest
-                done.append(index)
+                failed.append((seq, e.errno or 0, e.strerror or str(e)))
             now = time.monotonic()
-            if failed or len(done) >= _REPORT_EVERY_FILES or (
-                    now - last_report >= _REPORT_EVERY_SECONDS):
-                report: _Report = (done, failed, False)
-                conn.send(report)
-                done, failed, last_report = [], [], now
-        conn.send((done, failed, True))
+            if len(done) >= _REPORT_EVERY_FILES or now - last_report >= _REPORT_EVERY_SECONDS:
+                conn.send(([*done], [*failed], False))
+                done.clear()
+                failed.clear()
+                last_report = now
+        report: _Report = (done, failed, True)
+        conn.send(report)
 
-    def results(self) -> Iterator[tuple[int, bytes]]:
-        """(index, digest) in index order, as soon as each is available."""
-        count = len(self._paths)
-        finished = bytearray(count)
-        errors: dict[int, OSError] = {}
-        live = list(self._conns)
-        next_index = 0
-        while next_index < count:
-            if finished[next_index]:
-                if next_index in errors:
-                    raise errors.pop(next_index)
-                start = _HEADER.size + next_index * self._size
-                yield next_index, self._shm[start : start + self._size]
-                next_index += 1
-                continue
-            if not live:  # every worker said goodbye, yet a file is missing
-                raise CfsError("fs-verity workers finished without hashing every file")
-            for ready in wait(live):
-                assert isinstance(ready, Connection)
+    def _take(self) -> tuple[int, str] | None:
+        """The next task from the shared pipe, or None at its end."""
+        os.read(self._lock_r, 1)
+        try:
+            header = _read_exactly(self._task_r, _TASK.size)
+            if len(header) < _TASK.size:
+                return None
+            seq, length = _TASK.unpack(header)
+            return seq, os.fsdecode(_read_exactly(self._task_r, length))
+        finally:
+            os.write(self._lock_w, b"L")
+
+    # ---- parent side ------------------------------------------------------
+
+    def run(self, tasks: Iterator[tuple[int, str | os.PathLike[str]]]
+            ) -> Iterator[tuple[int, _Result]]:
+        """Feed ``tasks`` to the workers; yield (seq, result) as they complete."""
+        by_fd = {conn.fileno(): conn for conn in self._conns}
+        poller = select.poll()
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        outbox = bytearray()  # encoded tasks the pipe has not taken yet
+        in_flight = 0
+        exhausted = False
+        watching_pipe = False
+        while True:
+            while not exhausted and in_flight < self._window:
+                task = next(tasks, None)
+                if task is None:
+                    exhausted = True
+                    break
+                encoded = os.fsencode(task[1])
+                outbox += _TASK.pack(task[0], len(encoded)) + encoded
+                in_flight += 1
+            if outbox:
+                with contextlib.suppress(BlockingIOError):
+                    del outbox[: os.write(self._task_w, outbox)]
+            if exhausted and not outbox and self._task_w >= 0:
+                os.close(self._task_w)  # workers finish the queue, then see EOF
+                self._task_w = -1
+            if exhausted and in_flight == 0:
+                return
+            if bool(outbox) != watching_pipe:
+                watching_pipe = bool(outbox)
+                if watching_pipe:
+                    poller.register(self._task_w, select.POLLOUT)
+                else:
+                    poller.unregister(self._task_w)
+            for fd, _ in poller.poll():
+                conn = by_fd.get(fd)
+                if conn is None:
+                    continue  # the task pipe has room again
                 try:
-                    report: _Report = ready.recv()
+                    report: _Report = conn.recv()
                 except EOFError:
                     raise CfsError("an fs-verity worker process died") from None
                 done, failed, last = report
-                for index in done:
-                    finished[index] = 1
-                for index, errno, strerror, filename in failed:
-                    finished[index] = 1
-                    errors[index] = OSError(errno, strerror, filename)
+                in_flight -= len(done) + len(failed)
+                for seq, digest in done:
+                    yield seq, digest
+                for seq, errno, strerror in failed:
+                    yield seq, _Failure(errno, strerror)
                 if last:
-                    live.remove(ready)
+                    poller.unregister(fd)
+                    del by_fd[fd]
+            if not by_fd and in_flight:
+                raise CfsError("fs-verity workers stopped before hashing every file")
 
     def stop(self) -> None:
-        """Make workers stop claiming files, then reap them and free resources."""
+        """Make workers stop, then reap them and free everything."""
         if self._shm.closed:
             return
-        _STOP_FLAG.pack_into(self._shm, _STOP_OFFSET, 1)
-        # A spare token, in case a worker died holding the lock: the others then
-        # see the stop flag instead of waiting forever.
+        _STOP_FLAG.pack_into(self._shm, 0, 1)
+        for fd in (self._task_w, self._task_r):
+            if fd >= 0:
+                os.close(fd)  # a worker waiting for a task sees EOF
+        self._task_w = self._task_r = -1
+        # A spare token, in case a worker died holding the lock.
         os.write(self._lock_w, b"L")
         for conn in self._conns:
             conn.close()  # a worker still reporting gets EPIPE and exits
         for pid in self._pids:
-            os.waitpid(pid, 0)
+            with contextlib.suppress(ChildProcessError):  # SIGCHLD ignored: auto-reaped
+                os.waitpid(pid, 0)
         os.close(self._lock_r)
         os.close(self._lock_w)
         self._shm.close()
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    """``size`` bytes from a pipe (fewer only at EOF)."""
+    data = os.read(fd, size)
+    while 0 < len(data) < size:
+        more = os.read(fd, size - len(data))
+        if not more:
+            break
+        data += more
+    return data

@@ -21,8 +21,9 @@ from cfsboot.errors import CfsError
 from cfsboot.repository import verity
 from cfsboot.repository.imagerefs import objects_in_image
 from cfsboot.repository.meta import parse_metadata
+from cfsboot.repository.metafile import META
 from cfsboot.repository.objects import object_relpath, parse_object_name
-from cfsboot.repository.repo import META, Repository
+from cfsboot.repository.repo import Repository
 from cfsboot.repository.splitstream import ExternalChunk
 
 
@@ -56,9 +57,9 @@ class FsckResult:
 
     def report(self) -> str:
         """The text report of ``cfsctl fsck``."""
-        meta_state = "absent"
-        if self.has_metadata:
-            meta_state = "error" if any(": meta.json" in e for e in self.errors) else "ok"
+        meta_state = "ok" if self.has_metadata else "absent"
+        if any(e.startswith("fsck: metadata-") for e in self.errors):
+            meta_state = "error"
         lines = [
             f"meta.json: {meta_state}",
             f"objects: {self.objects_checked - self.objects_corrupted}/"

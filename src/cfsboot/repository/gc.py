@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cfsboot.errors import CfsError
@@ -39,11 +39,16 @@ class GcResult:
     objects_kept: int = 0
 
 
-def gc(repo: Repository, roots: Iterable[str] = (), *, dry_run: bool = False) -> GcResult:
-    """Remove every object not reachable from a ref or ``roots``."""
+def gc(repo: Repository, roots: Iterable[str] = (), *, dry_run: bool = False,
+       on_wait: Callable[[], object] | None = None) -> GcResult:
+    """Remove every object not reachable from a ref or ``roots``.  ``on_wait`` is
+    called if another handle (a writer) must be waited for."""
     if not dry_run:
         repo.ensure_writable()
-        repo.lock_exclusive()
+        if not repo.try_lock_exclusive():
+            if on_wait is not None:
+                on_wait()
+            repo.lock_exclusive()
     try:
         live = live_objects(repo, roots)
         return _sweep(repo, live, dry_run)
@@ -56,39 +61,48 @@ def live_objects(repo: Repository, roots: Iterable[str] = ()) -> set[bytes]:
     extra = set(roots)
     live: set[bytes] = set()
     all_images = _category(repo, "images")
-    for oid, name in _ref_roots(repo, "images") + [e for e in all_images if e[1] in extra]:
+    image_by_oid = {oid: name for oid, name in all_images}
+    expanded: set[bytes] = set()
+
+    def keep_image(oid: bytes, name: str) -> None:
         live.add(oid)
+        if oid in expanded:
+            return
+        expanded.add(oid)
         try:
-            live |= repo.image_objects(name)
+            live.update(repo.image_objects(name))
         except CfsError as e:
             raise GcError(f"GC: cannot read image {name}: {e}") from None
+
+    for oid, name in _ref_roots(repo, "images") + [e for e in all_images if e[1] in extra]:
+        keep_image(oid, name)
     all_streams = _category(repo, "streams")
     stream_by_oid = {oid: name for oid, name in all_streams}
+    pending = [name for _, name in _ref_roots(repo, "streams")]
+    pending += [name for _, name in all_streams if name in extra]
     walked: set[str] = set()
-    for oid, name in _ref_roots(repo, "streams") + [e for e in all_streams if e[1] in extra]:
-        live.add(oid)
-        _walk_stream(repo, name, stream_by_oid, walked, live)
-    return live
-
-
-def _walk_stream(repo: Repository, name: str, stream_by_oid: dict[bytes, str],
-                 walked: set[str], live: set[bytes]) -> None:
-    pending = [name]
     while pending:
         name = pending.pop()
         if name in walked:
             continue
         walked.add(name)
+        live.add(_entry_oid(repo, "streams", name))
         try:
             with repo.open_stream(name) as reader:
                 live.update(reader.object_refs)
                 named = list(reader.named_refs.values())
         except CfsError as e:
             raise GcError(f"GC: cannot read stream {name}: {e}") from None
-        for oid in named:
-            live.add(oid)
-            if oid in stream_by_oid:
-                pending.append(stream_by_oid[oid])
+        for ref_oid in named:
+            live.add(ref_oid)
+            if ref_oid in stream_by_oid:
+                pending.append(stream_by_oid[ref_oid])
+            elif ref_oid in image_by_oid:
+                # Upstream keeps only the image object here (its files stay
+                # alive through the layer streams in the OCI flow).  Keeping
+                # them too means a kept image is always complete (fsck-clean).
+                keep_image(ref_oid, image_by_oid[ref_oid])
+    return live
 
 
 def _category(repo: Repository, category: str) -> list[tuple[bytes, str]]:

@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 
 from cfsboot.errors import CfsError
-from cfsboot.repository import sysapi, verity
+from cfsboot.repository import loop, sysapi, verity
 from cfsboot.repository.repo import Repository
 
 
@@ -35,6 +35,7 @@ class MountOptions:
     upperdir: str | None = None
     workdir: str | None = None
     read_write: bool = False
+    use_loop: bool = False  # force a loop device (what pre-6.12 kernels need)
 
 
 def mount_image(repo: Repository, name: str, mountpoint: str,
@@ -78,19 +79,23 @@ def _verify_image(repo: Repository, name: str, fd: int, digest: bytes | None) ->
 def _overlay(repo: Repository, name: str, image_fd: int, want_verity: bool,
              options: MountOptions) -> int:
     """A detached overlay mount fd."""
-    erofs_mnt = _mount_erofs(image_fd)
+    erofs_mnt = _mount_erofs(image_fd, use_loop=options.use_loop)
     tmpdir = tempfile.mkdtemp(prefix="cfsboot-erofs-")
     attached = False
     try:
         sysapi.move_mount_to(erofs_mnt, tmpdir)
         attached = True
-        layer = os.open(tmpdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        objects = os.open("objects", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=repo.fd)
-        extra: list[int] = []
+        fds: list[int] = []  # closed at the end; the overlay keeps its own references
         try:
+            fds.append(os.open(tmpdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+            fds.append(os.open("objects", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                               dir_fd=repo.fd))
+            if options.upperdir is not None and options.workdir is not None:
+                fds.append(_open_dir(options.upperdir, "--upperdir"))
+                fds.append(_open_dir(options.workdir, "--workdir"))
             fs = sysapi.fsopen("overlay")
             try:
-                _overlay_config(fs, name, layer, objects, want_verity, options, extra)
+                _overlay_config(fs, name, fds[0], fds[1], want_verity, options, fds[2:])
                 return sysapi.fsmount(fs, 0 if options.read_write
                                       else sysapi.MOUNT_ATTR_RDONLY)
             except OSError as e:
@@ -98,7 +103,7 @@ def _overlay(repo: Repository, name: str, image_fd: int, want_verity: bool,
             finally:
                 os.close(fs)
         finally:
-            for fd in (layer, objects, *extra):
+            for fd in fds:
                 os.close(fd)
     finally:
         os.close(erofs_mnt)
@@ -110,33 +115,57 @@ def _overlay(repo: Repository, name: str, image_fd: int, want_verity: bool,
 
 
 def _overlay_config(fs: int, name: str, layer: int, objects: int, want_verity: bool,
-                    options: MountOptions, extra: list[int]) -> None:
+                    options: MountOptions, upper_work: list[int]) -> None:
     sysapi.fsconfig_string(fs, "source", f"composefs:{name}")
     sysapi.fsconfig_string(fs, "metacopy", "on")
     sysapi.fsconfig_string(fs, "redirect_dir", "on")
     if want_verity:
         sysapi.fsconfig_string(fs, "verity", "require")
-    if options.upperdir is not None and options.workdir is not None:
-        for key, path in (("upperdir", options.upperdir), ("workdir", options.workdir)):
-            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            extra.append(fd)
-            sysapi.fsconfig_string(fs, key, f"/proc/self/fd/{fd}")
+    if len(upper_work) == 2:
+        sysapi.fsconfig_string(fs, "upperdir", f"/proc/self/fd/{upper_work[0]}")
+        sysapi.fsconfig_string(fs, "workdir", f"/proc/self/fd/{upper_work[1]}")
     sysapi.fsconfig_string(fs, "lowerdir", f"/proc/self/fd/{layer}::/proc/self/fd/{objects}")
     sysapi.fsconfig_create(fs)
 
 
-def _mount_erofs(image_fd: int) -> int:
-    """A detached read-only EROFS mount of the image file."""
+def _open_dir(path: str, what: str) -> int:
+    try:
+        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CfsError(f"{what} {path}: {e.strerror}") from None
+
+
+def _mount_erofs(image_fd: int, *, use_loop: bool = False) -> int:
+    """A detached read-only EROFS mount of the image file (file-backed; through
+    a loop device on kernels before 6.12, which need a block device)."""
+    if not use_loop:
+        try:
+            return _erofs_from(f"/proc/self/fd/{image_fd}")
+        except _NeedsBlockDevice:
+            pass
+    loop_fd = loop.attach_read_only(image_fd)
+    try:
+        return _erofs_from(f"/proc/self/fd/{loop_fd}")
+    except _NeedsBlockDevice:
+        raise MountError("mounting erofs failed: the loop device was refused") from None
+    finally:
+        os.close(loop_fd)  # autoclear: the loop device goes away with the mount
+
+
+class _NeedsBlockDevice(Exception):
+    pass
+
+
+def _erofs_from(source: str) -> int:
     fs = sysapi.fsopen("erofs")
     try:
         sysapi.fsconfig_flag(fs, "ro")
-        sysapi.fsconfig_string(fs, "source", f"/proc/self/fd/{image_fd}")
+        sysapi.fsconfig_string(fs, "source", source)
         sysapi.fsconfig_create(fs)
         return sysapi.fsmount(fs, sysapi.MOUNT_ATTR_RDONLY)
     except OSError as e:
         if e.errno == errno.ENOTBLK:
-            raise MountError("this kernel cannot mount EROFS images from files "
-                             "(needs Linux 6.12 or later)") from None
+            raise _NeedsBlockDevice() from None
         raise _mount_error("erofs", fs, e) from None
     finally:
         os.close(fs)

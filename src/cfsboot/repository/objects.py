@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cfsboot.errors import CfsError
-from cfsboot.repository import verity
+from cfsboot.repository import sysapi, verity
 from cfsboot.repository.meta import Algorithm
 
 StoreMethod = Literal["copied", "already-present"]
@@ -356,9 +356,15 @@ _RENAME_NOREPLACE = 1
 
 
 def _rename_noreplace(dir_fd: int, src: str, dst: str) -> None:
-    """renameat2(RENAME_NOREPLACE) through libc; FileExistsError when taken."""
-    from cfsboot.repository import sysapi  # local: ctypes loads lazily
-    sysapi.renameat2(dir_fd, src, dir_fd, dst, _RENAME_NOREPLACE)
+    """renameat2(RENAME_NOREPLACE); FileExistsError when ``dst`` is taken.
+    Where the flag is unsupported, link + unlink gives the same guarantee."""
+    try:
+        sysapi.renameat2(dir_fd, src, dir_fd, dst, _RENAME_NOREPLACE)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS) or isinstance(e, FileExistsError):
+            raise
+        os.link(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.unlink(src, dir_fd=dir_fd)
 
 
 # ---- sink for tree scans (cfsboot.tree.digest_store.ObjectSink) ---------------

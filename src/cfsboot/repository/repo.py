@@ -15,7 +15,6 @@ lifetime; GC converts it to ``LOCK_EX``, so GC never runs while another handle
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 from collections.abc import Callable
@@ -27,9 +26,17 @@ from cfsboot.repository import symlinks, sysapi, verity
 from cfsboot.repository.meta import (
     Algorithm,
     FormatConfig,
-    MetadataError,
     RepoMetadata,
     parse_metadata,
+)
+from cfsboot.repository.metafile import (
+    OldFormat,
+    RepositoryError,
+    meta_key,
+    read_existing_meta,
+    read_meta,
+    upgrade_old_format,
+    write_meta,
 )
 from cfsboot.repository.objects import (
     ObjectStore,
@@ -38,15 +45,10 @@ from cfsboot.repository.objects import (
     StoreResult,
     object_relpath,
     parse_link_target,
-    parse_object_name,
 )
 from cfsboot.repository.splitstream import SplitStreamReader, SplitStreamWriter
 
-META = "meta.json"
-
-
-class RepositoryError(CfsError):
-    """The repository cannot be opened or does not allow the operation."""
+__all__ = ["ImageNotFound", "RefEntry", "Repository", "RepositoryError", "StreamNotFound"]
 
 
 class ImageNotFound(RepositoryError):
@@ -100,14 +102,14 @@ class Repository:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             try:
-                data, has_verity = _read_meta(fd, algorithm)
-            except _OldFormat:
+                data, has_verity = read_meta(fd, algorithm)
+            except OldFormat:
                 if not upgrade:
                     raise RepositoryError(
                         f"{p} is an old-format repository without meta.json "
                         "(open it with upgrade to add one)") from None
-                _upgrade_old_format(fd, p)
-                data, has_verity = _read_meta(fd, algorithm)
+                upgrade_old_format(fd, p)
+                data, has_verity = read_meta(fd, algorithm)
             meta = parse_metadata(data)
             if algorithm is not None and meta.algorithm != algorithm:
                 raise RepositoryError(
@@ -134,13 +136,13 @@ class Repository:
         meta = RepoMetadata.new(algorithm, formats)
         fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            created = _write_meta(fd, meta, insecure)
+            created = write_meta(fd, meta, insecure)
         except FileExistsError:
             created = False
-            existing = _read_existing_meta(fd)
+            existing = read_existing_meta(fd)
             try:
                 same = existing is not None and \
-                    _meta_key(parse_metadata(existing)) == _meta_key(meta)
+                    meta_key(parse_metadata(existing)) == meta_key(meta)
             except CfsError:
                 same = False
             if not same:
@@ -207,6 +209,13 @@ class Repository:
     def lock_exclusive(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
+    def try_lock_exclusive(self) -> bool:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
     def lock_shared(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_SH)
 
@@ -247,6 +256,20 @@ class Repository:
     def create_stream(self, content_type: int = 0) -> SplitStreamWriter:
         self.ensure_writable()
         return SplitStreamWriter(self.algorithm, content_type, self.ensure_object)
+
+    def ensure_stream(self, stream_id: str, content_type: int,
+                      fill: Callable[[SplitStreamWriter], None],
+                      ref: str | None = None) -> bytes:
+        """Reuse ``streams/<id>`` if present, else build it with ``fill``; then
+        (re)write ``ref``."""
+        digest = self.has_stream(stream_id)
+        if digest is None:
+            writer = self.create_stream(content_type)
+            fill(writer)
+            digest = self.write_stream(writer, stream_id)
+        if ref is not None:
+            self.name_stream(stream_id, ref)
+        return digest
 
     def has_stream(self, stream_id: str) -> bytes | None:
         """ObjectID of ``streams/<stream_id>`` or None."""
@@ -443,111 +466,3 @@ class Repository:
                 continue
             out.append((n, parse_link_target(target, self.algorithm)))
         return out
-
-
-# ---- meta.json I/O ------------------------------------------------------------------
-
-class _OldFormat(Exception):
-    pass
-
-
-def _read_meta(fd: int, algorithm: Algorithm | None) -> tuple[bytes, bool]:
-    try:
-        mfd = os.open(META, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd)
-    except FileNotFoundError:
-        try:
-            os.stat("objects", dir_fd=fd)
-        except FileNotFoundError:
-            raise MetadataError("repository has no meta.json (not initialized?)") from None
-        raise _OldFormat() from None
-    with os.fdopen(mfd, "rb") as f:
-        data = f.read()
-        alg = algorithm or _alg_hint(data)
-        has_verity = alg is not None and verity.measure(f.fileno(), alg) is not None
-    return data, has_verity
-
-
-def _alg_hint(data: bytes) -> Algorithm | None:
-    try:
-        return parse_metadata(data).algorithm
-    except CfsError:
-        return None
-
-
-def _read_existing_meta(fd: int) -> bytes | None:
-    try:
-        with os.fdopen(os.open(META, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd), "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
-def _meta_key(meta: RepoMetadata) -> tuple[object, ...]:
-    f = meta.features
-    return (meta.version, meta.algorithm, f.compatible, f.read_only_compatible,
-            f.incompatible, meta.erofs_formats)
-
-
-def _write_meta(fd: int, meta: RepoMetadata, insecure: bool) -> bool:
-    """Create meta.json atomically (O_TMPFILE + link); FileExistsError if present.
-    Verity is enabled on it unless ``insecure`` — that is what marks the
-    repository secure."""
-    data = meta.to_json_bytes()
-    name: str | None = None
-    try:
-        wfd = os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644, dir_fd=fd)
-    except OSError as e:
-        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EISDIR):
-            raise
-        name = META
-        wfd = os.open(META, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644,
-                      dir_fd=fd)
-    try:
-        os.write(wfd, data)
-        os.fsync(wfd)
-        ro = os.open(f"/proc/self/fd/{wfd}", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.close(wfd)
-    try:
-        if not insecure:
-            outcome = verity.enable(ro, meta.algorithm)
-            if outcome == "unsupported":
-                if name is not None:
-                    os.unlink(name, dir_fd=fd)
-                raise RepositoryError("the filesystem does not support fs-verity; "
-                                      "use --insecure")
-        if name is None:
-            os.link(f"/proc/self/fd/{ro}", META, dst_dir_fd=fd, follow_symlinks=True)
-    finally:
-        os.close(ro)
-    os.fsync(fd)
-    return True
-
-
-def _upgrade_old_format(fd: int, path: str) -> None:
-    """Infer the algorithm from the first object and write meta.json (§3.7)."""
-    found: tuple[Algorithm, str] | None = None
-    base = f"/proc/self/fd/{fd}/objects"
-    for sub in sorted(os.listdir(base)):
-        if len(sub) != 2 or not os.path.isdir(f"{base}/{sub}"):
-            continue
-        for entry in os.listdir(f"{base}/{sub}"):
-            for alg in (Algorithm("sha256"), Algorithm("sha512")):
-                if parse_object_name(sub, entry, alg) is not None:
-                    found = (alg, f"objects/{sub}/{entry}")
-                    break
-            if found:
-                break
-        if found:
-            break
-    if found is None:
-        raise RepositoryError(f"{path}: no objects found in repository — cannot infer "
-                              "metadata")
-    alg, obj = found
-    ofd = os.open(obj, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd)
-    try:
-        has_verity = verity.measure(ofd, alg) is not None
-    finally:
-        os.close(ofd)
-    with contextlib.suppress(FileExistsError):
-        _write_meta(fd, RepoMetadata.new(alg), insecure=not has_verity)

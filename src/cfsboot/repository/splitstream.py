@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -408,3 +409,55 @@ class SplitStreamReader:
                         write(block)
             else:
                 write(chunk)
+
+
+# ---- builder with objects stored in parallel --------------------------------
+
+class SplitStreamBuilder:
+    """Collects a stream whose external objects are still being stored (e.g. by a
+    thread pool): ``push_external`` takes a future of the ObjectID.  ``finish``
+    waits for them in stream order and replays everything into a
+    :class:`SplitStreamWriter` (composefs-rs ``SplitStreamBuilder``), so the
+    bytes equal those of a writer fed sequentially."""
+
+    def __init__(self, algorithm: Algorithm, content_type: int = 0) -> None:
+        self.algorithm = algorithm
+        self.content_type = content_type
+        self._entries: list[bytearray | tuple[Future[bytes], int]] = []
+        self._named: list[tuple[str, bytes]] = []
+        self.inline_bytes = 0
+        self.external_bytes = 0
+
+    def push_inline(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        self.inline_bytes += len(data)
+        last = self._entries[-1] if self._entries else None
+        if isinstance(last, bytearray):
+            last += data
+        else:
+            self._entries.append(bytearray(data))
+
+    def push_external(self, digest: Future[bytes] | bytes, size: int) -> None:
+        if isinstance(digest, bytes):
+            done: Future[bytes] = Future()
+            done.set_result(digest)
+            digest = done
+        self.external_bytes += size
+        self._entries.append((digest, size))
+
+    def add_named_stream_ref(self, name: str, digest: bytes) -> None:
+        self._named.append((name, digest))
+
+    def finish(self) -> bytes:
+        writer = SplitStreamWriter(self.algorithm, self.content_type)
+        for name, digest in self._named:
+            writer.add_named_stream_ref(name, digest)
+        for entry in self._entries:
+            if isinstance(entry, bytearray):
+                writer.write_inline(bytes(entry))
+            else:
+                future, size = entry
+                writer.add_external_size(size)
+                writer.write_reference(future.result())
+        return writer.finish()

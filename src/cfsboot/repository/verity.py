@@ -33,13 +33,13 @@ def new_hasher(alg: Algorithm) -> fsverity.FsVerityHasher:
 
 
 def digest_fd(fd: int, alg: Algorithm) -> tuple[bytes, int]:
-    """Digest of an open file read from offset 0 (the offset is not changed)."""
-    dup = os.dup(fd)
+    """(digest, size) of an open file's whole content; ``fd``'s offset is not
+    touched (the file is read through a fresh open file description)."""
+    own = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.lseek(dup, 0, os.SEEK_SET)
-        return fsverity.digest_fd(dup, alg.hash_name)
+        return fsverity.digest_fd(own, alg.hash_name)
     finally:
-        os.close(dup)
+        os.close(own)
 
 
 def enable(fd: int, alg: Algorithm) -> EnableResult:

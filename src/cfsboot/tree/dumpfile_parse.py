@@ -89,6 +89,19 @@ def unescape_path(field: bytes) -> bytes:
     return p
 
 
+# A line with all 11 fields, plain digits, no '@' and a path without escapes
+# (the common case): one regex does the splitting and the digit checks.
+_PLAIN_LINE = re.compile(
+    rb"(/[^ \\\0]*) ([0-9]{1,20}) ([0-7]{1,11}) ([0-9]{1,10}) ([0-9]{1,10}) ([0-9]{1,10}) "
+    rb"([0-9]{1,20}) ([0-9]{1,19})\.([0-9]{1,9}) [^ ]* [^ ]* [^ ]*(?: .*)?", re.S)
+
+
+def _is_canonical(p: bytes) -> bool:
+    """An absolute path without escapes is canonical (no //, ., .. parts)."""
+    return p == b"/" or (b"//" not in p and b"/./" not in p and b"/../" not in p
+                         and not p.endswith((b"/", b"/.", b"/..")))
+
+
 def canonical_path(field: bytes) -> bytes:
     """``unescape_to_path_canonical``: absolute, no empty, ``.`` or ``..`` component."""
     if (field[:1] == b"/" and b"\\" not in field and b"\0" not in field
@@ -149,6 +162,25 @@ class _RsBuilder:
     # -- one line -----------------------------------------------------------
 
     def add_line(self, line: bytes, lineno: int) -> None:
+        m = _PLAIN_LINE.fullmatch(line)
+        if m is not None:
+            path, size_f, mode_f, nlink_f, uid_f, gid_f, rdev_f, sec_f, nsec_f = m.groups()
+            size, mode, nlink = int(size_f), int(mode_f, 8), int(nlink_f)
+            uid, gid, rdev = int(uid_f), int(gid_f), int(rdev_f)
+            sec, nsec = int(sec_f), int(nsec_f)
+            if (size <= U64_MAX and mode <= U32_MAX and nlink <= U32_MAX and uid <= U32_MAX
+                    and gid <= U32_MAX and rdev <= U64_MAX and sec < 2**63 and nsec < 10**9
+                    and len(path) <= PATH_MAX and _is_canonical(path)
+                    and self.root is not None and path != b"/"):
+                fields = line[m.end(9) + 1:].split(b" ")
+                xattrs = parse_xattrs(fields[3:]) if len(fields) > 3 else {}
+                stat = Stat(mode & 0o7777, uid, gid, sec, nsec, xattrs)
+                node = self._node(mode & S_IFMT, stat, fields, size, nlink, rdev, -8)
+                if isinstance(node, Leaf):
+                    self.leaves_by_path[path] = node
+                    self.leaf_line[node] = lineno
+                self._insert(path, node)
+                return
         fields = line.split(b" ")
         path = canonical_path(fields[PATH])
         if len(fields) <= MODE:
@@ -226,10 +258,10 @@ class _RsBuilder:
     # -- the entry's content --------------------------------------------------
 
     def _node(self, ftype: int, stat: Stat, fields: list[bytes], size: int, nlink: int,
-              rdev: int) -> Directory | Leaf:
-        payload = fields[PAYLOAD]
-        content = fields[CONTENT]
-        digest = fields[DIGEST]
+              rdev: int, shift: int = 0) -> Directory | Leaf:
+        payload = fields[PAYLOAD + shift]
+        content = fields[CONTENT + shift]
+        digest = fields[DIGEST + shift]
         if ftype == S_IFREG:
             _no_rdev(rdev)
             return Leaf(stat, self._regular(size, payload, content, digest))
@@ -262,7 +294,7 @@ class _RsBuilder:
             _no_rdev(rdev)
             leaf = Socket()
         else:
-            raise LineError(f"unknown file type in mode {fields[MODE].decode()}")
+            raise LineError(f"unknown file type in mode {stat.mode | ftype:o}")
         return Leaf(stat, leaf)
 
     def _regular(self, size: int, payload: bytes, content: bytes,

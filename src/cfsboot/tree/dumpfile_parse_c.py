@@ -21,6 +21,9 @@ carries exactly what C's EROFS writer (``lcfs-writer-erofs.c``) uses:
   target path is resolved after the whole file, in reverse line order like C's
   fixup list, through other hard links; self links, cycles, missing targets and
   directory targets are rejected (the last two fail in C's writer).
+* The leaf of a hard-link group records the path of its full line in
+  ``Leaf.primary``: C's "real" node, where C's writer puts the inode in its
+  breadth-first order (it need not be the first path in pre-order).
 * nlink: C stores the NLINK field of a leaf's own line (``lcfs_node_set_nlink``)
   and ``tree_resolve_hardlinks`` saves and restores the target's nlink around
   ``lcfs_node_make_hardlink`` (which would increment it), so hard links never
@@ -51,17 +54,18 @@ carries exactly what C's EROFS writer (``lcfs-writer-erofs.c``) uses:
 
 Deliberate deviations, all on inputs where C is undefined or absurd (checked
 against C mkcomposefs 1.0.8, which accepts them): numeric fields must be
-``[+]digits`` within u64 (strtoull saturates on overflow and accepts blanks,
-signs and, in some fields, trailing garbage); MTIME nanoseconds must be
+``[+]digits`` within u64 (strtoull saturates on overflow and accepts blanks
+and signs, and mkcomposefs ignores some parse errors: GID and RDEV are only
+checked when UID is 0, and a bad SIZE/NLINK passes when the next fields are
+nonzero); MTIME nanoseconds must be
 < 10**9; a hard link whose target is a directory is rejected (C's
 ``lcfs_compute_tree`` never checks link nodes, so it writes a second directory
 entry for the directory's inode, which the tree model cannot hold); sizes
 above 2**53 are rejected even where C's chunk count overflows (SIZE near
 2**64) and lets them through.
 
-Not representable in the tree (no vector needs it): the SIZE of devices,
-fifos and sockets, which C keeps and only uses to choose an extended inode
-when it exceeds 4 GiB.
+The SIZE of devices, fifos and sockets, which C keeps and only uses to choose
+an extended inode when it exceeds 4 GiB, goes to ``Leaf.c_size``.
 """
 
 from __future__ import annotations
@@ -280,6 +284,8 @@ class _CBuilder:
             leaf = Fifo()
         else:
             leaf = Socket()
+        if ftype in (S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK) and size:
+            return Leaf(stat, leaf, nlink=nlink, c_size=size)
         return Leaf(stat, leaf, nlink=nlink)
 
     def finish(self, last_line: int) -> Directory:
@@ -297,7 +303,9 @@ class _CBuilder:
             if target is placeholder:
                 raise DumpfileError(f"line {link.line}: self-referential hard link")
             direct[placeholder] = target
-        # ... then follow chains of hard links to the real leaf.
+        # ... then follow chains of hard links to the real leaf, which keeps
+        # the path of its own line (C's real node: where its inode goes).
+        key_of = {node: key for key, node in self.nodes.items() if isinstance(node, Leaf)}
         for placeholder, link in reversed(self.links.items()):
             node = direct[placeholder]
             seen = {placeholder}
@@ -309,6 +317,7 @@ class _CBuilder:
             if isinstance(node, Directory):
                 raise DumpfileError(f"line {link.line}: hard link to a directory")
             link.parent.entries[link.name] = node
+            node.primary = b"/" + key_of[node]
         return self.root
 
 

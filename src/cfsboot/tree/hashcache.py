@@ -1,23 +1,26 @@
-"""Opt-in cache of file digests (``--cache DIR``), so a rebuild after a small
-change rehashes only the files that changed.
+"""Opt-in build cache (``--cache DIR``): a rebuild after a small change
+rehashes only the files that changed, and an unchanged tree is not even read.
 
-An entry maps ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` to the
-fs-verity digest of the file's content.  Any write to a file changes its
-ctime (which user space cannot set), so a changed file misses the cache.
+Two levels, both keyed by what the kernel reports about inodes:
 
-Two caveats, handled the way git handles its index:
+* File digests (``DIR/<alg>.v1``): ``(st_dev, st_ino, st_size, st_mtime_ns,
+  st_ctime_ns)`` -> fs-verity digest.  Any write to a file, and any change of
+  its mode, owner or xattrs, moves its ctime (which user space cannot set),
+  so a changed file misses.  Records are ``<QQQqq`` + digest after a magic
+  line; a missing, foreign or damaged file is an empty cache.  Saving keeps
+  the entries used by this run only, so the file describes the last tree.
+* Whole results (``DIR/results.v1.json``): a ``TreeFingerprint`` — every
+  entry's name and stat identity, plus the options and code — -> the result.
+  A metadata-only walk decides; the last few results are kept.
+
+Caveats, handled the way git handles its index:
 
 * "Racily clean" files: kernel timestamps are coarse (a clock tick), so a
   file rewritten within the same tick as our stat could keep all five values.
-  Entries whose ctime is not safely older than the start of the scan are
-  therefore used but never *recorded*; the next run hashes them once more.
+  Entries (and fingerprints) with a ctime not safely older than the start of
+  the run are used but never *recorded*; the next run reads them once more.
 * Trust: whoever can write DIR can make us report any digest.  DIR must be
   owned by the builder (as with any build cache).
-
-File format (``DIR/<alg>.v1``): the magic line, then fixed-size records
-``<QQQqq`` + digest.  A missing, foreign or damaged file is an empty cache;
-saving replaces it atomically with the entries used by this run only, so the
-cache describes the last tree scanned with it.
 """
 
 from __future__ import annotations

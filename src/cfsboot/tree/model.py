@@ -153,10 +153,22 @@ class Leaf:
     ``nlink`` is None for every tree except one parsed with C mkcomposefs
     semantics, where the first line of a hard-link group carries the link
     count the C writer stores (composefs-rs always counts references).
+
+    ``primary`` is likewise None except in C-parsed trees, where a hard-linked
+    leaf records the path of its full (non-``@``) dumpfile line: C's "real"
+    node, whose directory places the inode in the V0/V1 breadth-first order.
+    That path need not be the first in pre-order (forward hard links, or an
+    unsorted dumpfile).  None means: the first path in pre-order.
+
+    ``c_size`` (C-parsed trees only, else None) is the nonzero SIZE field of a
+    device, fifo or socket line, which C keeps as ``st_size``: its writer makes
+    the inode extended when it exceeds 2**32 - 1 (and zeroes it for whiteouts).
     """
     stat: Stat
     content: LeafContent
     nlink: int | None = None
+    primary: bytes | None = None
+    c_size: int | None = None
 
 
 @dataclass(eq=False, slots=True)

@@ -44,6 +44,11 @@ from cfsboot.tree.model import (
     Symlink,
 )
 
+_S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, st_.S_IFDIR, st_.S_IFREG
+# Content of a leaf whose digest is still being computed (replaced before the
+# scan returns; a shared constant because the walk makes 10⁵ of them).
+_UNHASHED = External(0, b"", None)
+
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -158,13 +163,16 @@ class _Scanner:
     # ---- metadata walk (one thread) ----------------------------------------
 
     def walk(self, root_st: os.stat_result, pool: _HashPool) -> Directory:
+        # The hot loop of a scan (10⁵ entries): locals, no helper calls for
+        # the common cases.
         opts = self.options
         track = opts.track_hardlinks
         inline_max = opts.inline_max
+        use_cache = opts.cache is not None
         counts = self.counts
         seen: dict[tuple[int, int], Leaf] = {}  # hard links, when tracked
         jobs: dict[tuple[int, int], _Job] = {}  # inodes queued, when not tracked
-        root = Directory(self._stat(self.root_path, root_st))
+        root = Directory(_stat(self.root_path, root_st))
         counts.directories += 1
         stack: list[tuple[Directory, bytes]] = [(root, self.root_path)]
         fingerprint = opts.fingerprint
@@ -173,14 +181,16 @@ class _Scanner:
         while stack:
             pool.check()
             directory, dir_path = stack.pop()
+            children = directory.entries
             entries = _entries(dir_path)
             if fingerprint is not None:
                 fingerprint.directory(dir_path, entries)
+            batch: list[_Job] = []
             for name, full, st in entries:
-                fmt = st_.S_IFMT(st.st_mode)
-                if fmt == st_.S_IFDIR:
-                    child = Directory(self._stat(full, st))
-                    directory.entries[name] = child
+                fmt = st.st_mode & _S_IFMT
+                if fmt == _S_IFDIR:
+                    child = Directory(_stat(full, st))
+                    children[name] = child
                     stack.append((child, full))
                     counts.directories += 1
                     continue
@@ -188,11 +198,11 @@ class _Scanner:
                     ident = (st.st_dev, st.st_ino)
                     known = seen.get(ident)
                     if known is not None:
-                        directory.entries[name] = known
+                        children[name] = known
                         counts.hardlinks += 1
                         continue
-                if fmt == st_.S_IFREG and st.st_size > inline_max:
-                    leaf = Leaf(self._stat(full, st), External(st.st_size, b"", None))
+                if fmt == _S_IFREG and st.st_size > inline_max:
+                    leaf = Leaf(_stat(full, st), _UNHASHED)
                     counts.regular_files += 1
                     counts.external_files += 1
                     counts.bytes_external += st.st_size
@@ -203,18 +213,16 @@ class _Scanner:
                         job = _Job([leaf], full, st)
                         if not track:
                             jobs[(st.st_dev, st.st_ino)] = job
-                        if not self._from_cache(job):
-                            pool.submit(st.st_size, job)
+                        if not (use_cache and self._from_cache(job)):
+                            batch.append(job)
                 else:
-                    leaf = Leaf(self._stat(full, st), self._content(full, st, fmt))
+                    leaf = Leaf(_stat(full, st), self._content(full, st, fmt))
                 if track:
                     seen[ident] = leaf
-                directory.entries[name] = leaf
+                children[name] = leaf
+            if batch:
+                pool.submit(batch)
         return root
-
-    def _stat(self, path: bytes, st: os.stat_result) -> Stat:
-        sec, nsec = divmod(st.st_mtime_ns, 10**9)
-        return Stat(st.st_mode & 0o7777, st.st_uid, st.st_gid, sec, nsec, _xattrs(path))
 
     def _content(self, path: bytes, st: os.stat_result, fmt: int) -> LeafContent:
         counts = self.counts
@@ -310,7 +318,13 @@ class _Scanner:
 
 
 class _HashPool:
-    """Worker threads taking the largest pending file first.
+    """``threads`` hashing threads taking the largest pending file first.
+
+    While the walker runs it is one of the busy threads, so only
+    ``threads - 1`` background workers are started (at least one); once the
+    walk is done, the walker joins them (``finish``).  That keeps exactly
+    ``threads`` threads busy, never more, which matters when the threads are
+    the CPUs.
 
     The first error stops the pool: workers finish their current file and
     exit, the walker stops at its next directory, and the error is re-raised
@@ -319,6 +333,8 @@ class _HashPool:
 
     def __init__(self, threads: int, work: Callable[[_Job], int],
                  progress: ByteProgress) -> None:
+        self._caller_helps = threads > 1
+        threads = max(1, threads - 1)
         self._work = work
         self._progress = progress
         self._heap: list[tuple[int, int, _Job]] = []
@@ -331,12 +347,14 @@ class _HashPool:
         for t in self._threads:
             t.start()
 
-    def submit(self, size: int, job: _Job) -> None:
-        self._progress.add_total(size)
+    def submit(self, jobs: list[_Job]) -> None:
+        """Queue the files of one directory (one lock round-trip for all)."""
+        self._progress.add_total(sum(job.st.st_size for job in jobs))
         with self._cond:
-            self._seq += 1
-            heapq.heappush(self._heap, (-size, self._seq, job))
-            self._cond.notify()
+            for job in jobs:
+                self._seq += 1
+                heapq.heappush(self._heap, (-job.st.st_size, self._seq, job))
+            self._cond.notify(len(jobs))
 
     def check(self) -> None:
         if self._error is not None:
@@ -347,6 +365,8 @@ class _HashPool:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self._caller_helps:
+            self._run()
         for t in self._threads:
             t.join()
         self.check()
@@ -427,6 +447,11 @@ def fingerprint_tree(path: str, fingerprint: TreeFingerprint) -> TreeFingerprint
     except OSError:
         return None
     return fingerprint
+
+
+def _stat(path: bytes, st: os.stat_result) -> Stat:
+    sec, nsec = divmod(st.st_mtime_ns, 10**9)
+    return Stat(st.st_mode & 0o7777, st.st_uid, st.st_gid, sec, nsec, _xattrs(path))
 
 
 def _read_small(path: bytes, size: int) -> bytes:

@@ -1,0 +1,678 @@
+"""Sealing a root filesystem: the signed UKI that binds it (bootc's sealed build).
+
+bootc-composefs-backend.md §3.1-§3.4: the final tree has the UKI at
+``/boot/EFI/Linux/<kver>.efi``, a signed systemd-boot at ``/boot/EFI/BOOT/BOOTX64.EFI``
+and ``/boot/EFI/systemd/systemd-bootx64.efi``, and no raw ``vmlinuz``/``initramfs.img``
+in ``/usr/lib/modules/<kver>/``.  The UKI's ``.cmdline`` carries the composefs
+digest of exactly that final tree.
+
+Why writing into ``/boot`` after computing the digest is sound: the boot transform
+empties ``/boot`` and sets its mtime *seconds* to ``/usr``'s, but keeps ``/boot``'s
+own mtime *nanoseconds*.  Creating ``/boot/EFI`` changes them, so every step that
+touches ``/boot`` (or the kernel directory) puts their original times back.
+
+Every step is undoable until the final tree is verified: the kernel files are
+moved into a stage directory under ``/boot`` (invisible to the digest), new files
+are written under temporary names, renamed into place, the digest recomputed and
+the UKI checked; any failure moves everything back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from cfsboot.boot import authenticode, uki
+from cfsboot.boot.digest import DigestOptions, check_container_root, compute_composefs_digest
+from cfsboot.boot.kargs import kargs_in_root, rust_arch, sealed_cmdline
+from cfsboot.boot.manifest import MANIFEST_NAME, ManifestFile, SealManifest
+from cfsboot.errors import CfsError
+
+MODULES_DIR = "usr/lib/modules"
+UKI_DIR = "boot/EFI/Linux"
+ENTRIES_DIR = "boot/loader/entries"
+KERNEL_FILES = ("vmlinuz", "initramfs.img")
+BOOTUPD_PATHS = ("usr/bin/bootupctl", "usr/lib/bootupd/updates")
+OS_RELEASE_PATHS = ("usr/lib/os-release", "etc/os-release")
+
+
+class SealError(CfsError):
+    """The tree cannot be sealed, or a seal does not hold."""
+
+
+class PrerequisiteError(SealError):
+    """The tree does not meet the prerequisites of a sealed image."""
+
+
+def systemd_boot_source(efi_arch: str) -> str:
+    return f"usr/lib/systemd/boot/efi/systemd-boot{efi_arch}.efi"
+
+
+def systemd_boot_targets(efi_arch: str) -> tuple[str, str]:
+    """Fallback loader path and systemd-boot's own path on the ESP (under /boot)."""
+    return (f"boot/EFI/BOOT/BOOT{efi_arch.upper()}.EFI",
+            f"boot/EFI/systemd/systemd-boot{efi_arch}.efi")
+
+
+def uki_target(kver: str) -> str:
+    return f"{UKI_DIR}/{kver}.efi"
+
+
+# --- finding the kernel (bootc crates/lib/src/kernel.rs) -------------------------------------
+
+@dataclass(frozen=True)
+class KernelFound:
+    version: str
+    unified: bool     # a UKI in /boot/EFI/Linux rather than a vmlinuz
+    path: str         # relative to the rootfs: the UKI, or the modules directory
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _lexists(path: str) -> bool:
+    return os.path.lexists(path)
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def vmlinuz_dirs(rootfs: str) -> list[str]:
+    """Kernel versions with a ``vmlinuz`` in ``/usr/lib/modules/<kver>/``."""
+    base = os.path.join(rootfs, MODULES_DIR)
+    return [k for k in _listdir(base)
+            if os.path.isdir(os.path.join(base, k))
+            and _lexists(os.path.join(base, k, "vmlinuz"))]
+
+
+def find_kernel(rootfs: str) -> KernelFound | None:
+    """The first ``*.efi`` in /boot/EFI/Linux (a UKI wins), else the one vmlinuz."""
+    ukis = [n for n in _listdir(os.path.join(rootfs, UKI_DIR))
+            if os.path.splitext(n)[1] == ".efi"]
+    if ukis:
+        return KernelFound(os.path.splitext(ukis[0])[0], True, f"{UKI_DIR}/{ukis[0]}")
+    kvers = vmlinuz_dirs(rootfs)
+    if len(kvers) > 1:
+        raise PrerequisiteError(f"more than one kernel in /{MODULES_DIR}: {', '.join(kvers)}")
+    if kvers:
+        return KernelFound(kvers[0], False, f"{MODULES_DIR}/{kvers[0]}")
+    return None
+
+
+def prebuilt_ukis(rootfs: str) -> list[str]:
+    """UKIs composefs-rs would find: ``*.efi`` under /boot/EFI/Linux (any depth) and
+    directly in ``/usr/lib/modules/<kver>/``."""
+    found = []
+    top = os.path.join(rootfs, UKI_DIR)
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        found += [os.path.relpath(os.path.join(dirpath, n), rootfs)
+                  for n in sorted(filenames) if n.endswith(".efi")]
+    modules = os.path.join(rootfs, MODULES_DIR)
+    for kver in _listdir(modules):
+        found += [f"{MODULES_DIR}/{kver}/{n}" for n in _listdir(os.path.join(modules, kver))
+                  if n.endswith(".efi")]
+    return found
+
+
+# --- prerequisites -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SealInputs:
+    rootfs: str
+    kver: str
+    efi_arch: str
+    os_release: str      # relative paths inside the rootfs
+    systemd_boot: str
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.rootfs, rel)
+
+    @property
+    def kernel_dir(self) -> str:
+        return f"{MODULES_DIR}/{self.kver}"
+
+
+def check_prerequisites(rootfs: str, efi_arch: str = "x64") -> SealInputs:
+    """The docs' prerequisites for a sealed image, each failing with one clear line."""
+    check_container_root(rootfs, boot=True)
+    ukis = prebuilt_ukis(rootfs)
+    if ukis:
+        raise PrerequisiteError(
+            f"{rootfs} already contains a UKI at /{ukis[0]}; sealing builds the UKI "
+            "(already sealed? check it with 'cfsboot seal verify')")
+    entries = [n for n in _listdir(os.path.join(rootfs, ENTRIES_DIR)) if n.endswith(".conf")]
+    if entries:
+        raise PrerequisiteError(
+            f"{rootfs} has a Type 1 boot entry /{ENTRIES_DIR}/{entries[0]}; a sealed image "
+            "boots only its UKI (remove the entry)")
+    kvers = vmlinuz_dirs(rootfs)
+    if not kvers:
+        raise PrerequisiteError(f"no kernel: no /{MODULES_DIR}/<kver>/vmlinuz in {rootfs}")
+    if len(kvers) > 1:
+        raise PrerequisiteError(f"more than one kernel in /{MODULES_DIR}: {', '.join(kvers)}; "
+                                "a sealed image has exactly one")
+    kver = kvers[0]
+    for name in KERNEL_FILES:
+        rel = f"{MODULES_DIR}/{kver}/{name}"
+        if not _lexists(os.path.join(rootfs, rel)):
+            raise PrerequisiteError(f"/{rel} is missing (a sealed image needs the kernel "
+                                    "and its initramfs)")
+        if not _is_regular(os.path.join(rootfs, rel)):
+            raise PrerequisiteError(f"/{rel} is not a regular file")
+    for rel in BOOTUPD_PATHS:
+        if _lexists(os.path.join(rootfs, rel)):
+            raise PrerequisiteError(f"bootupd is installed (/{rel}); sealed images boot with "
+                                    "systemd-boot: remove bootupd")
+    sd = systemd_boot_source(efi_arch)
+    if not _is_regular(os.path.join(rootfs, sd)):
+        raise PrerequisiteError(f"systemd-boot is missing: /{sd} is not a regular file "
+                                "(install systemd-boot)")
+    osrel = next((r for r in OS_RELEASE_PATHS if _is_regular(os.path.join(rootfs, r))), None)
+    if osrel is None:
+        raise PrerequisiteError(f"no os-release: neither /{OS_RELEASE_PATHS[0]} nor "
+                                f"/{OS_RELEASE_PATHS[1]} is a regular file in {rootfs}")
+    return SealInputs(rootfs, kver, efi_arch, osrel, sd)
+
+
+def read_regular(path: str) -> bytes:
+    """A regular file's bytes, never following a symlink out of the tree."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise SealError(f"cannot read {path}: {e.strerror}") from e
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise SealError(f"{path} is not a regular file")
+        return f.read()
+
+
+def pad8(image: bytes) -> bytes:
+    """What every Authenticode signer hashes: the file zero-padded to 8 bytes (§6.1).
+    Emitting unsigned files already padded makes all signers agree on the hash."""
+    return image + bytes(-len(image) % 8)
+
+
+# --- options and results ---------------------------------------------------------------------
+
+@dataclass
+class SealOptions:
+    signer: authenticode.Signer | None = None     # None: leave the UKI unsigned
+    extra_certs: Sequence[x509.Certificate] = ()
+    kargs: Sequence[str] = ()                     # appended after composefs=
+    allow_missing_verity: bool = False            # composefs=?<digest>
+    efi_arch: str = "x64"
+    kargs_arch: str | None = None                 # kargs.d match-architectures name
+    stub_path: str | None = None
+    layout: str = "257"
+    sign_kernel: bool | None = None               # None: as ukify (unsigned PE kernels)
+    threads: int | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class SealResult:
+    digest: str
+    insecure: bool
+    kver: str
+    cmdline: str
+    signed: bool
+    written: list[str] = field(default_factory=list)   # relative to the rootfs
+    removed: list[str] = field(default_factory=list)
+
+
+# --- the undoable change to the tree ---------------------------------------------------------
+
+class _SealTransaction:
+    """Moves the kernel out, installs files, and puts everything back on failure."""
+
+    def __init__(self, inputs: SealInputs) -> None:
+        self.inputs = inputs
+        self.boot = inputs.path("boot")
+        kdir = inputs.path(inputs.kernel_dir)
+        self.times = {p: os.lstat(p) for p in (self.boot, kdir)}
+        self.stage: str | None = None
+        self.moved: list[tuple[str, str]] = []
+        self.created: list[str] = []
+        self.temps: list[tuple[str, str]] = []          # (temporary, target)
+        self.installed: list[tuple[str, str | None]] = []   # (target, backup)
+
+    def _remember_times(self, path: str) -> None:
+        if path not in self.times:
+            self.times[path] = os.lstat(path)
+
+    def restore_times(self) -> None:
+        for path, st in self.times.items():
+            if path in self.created and not os.path.isdir(path):
+                continue   # created by us and removed again by a rollback
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    def stage_kernel(self) -> None:
+        self.stage = tempfile.mkdtemp(prefix=".cfsboot-seal-", dir=self.boot)
+        for name in KERNEL_FILES:
+            src = self.inputs.path(f"{self.inputs.kernel_dir}/{name}")
+            dst = os.path.join(self.stage, name)
+            try:
+                os.rename(src, dst)
+            except OSError as e:
+                raise SealError(f"cannot move {src} aside: {e.strerror} (/boot and "
+                                "/usr must be on one filesystem)") from e
+            self.moved.append((src, dst))
+        self.restore_times()
+
+    def _mkdirs(self, directory: str) -> None:
+        missing = []
+        d = directory
+        while not os.path.isdir(d):
+            if _lexists(d):
+                raise SealError(f"{d} exists and is not a directory")
+            missing.append(d)
+            d = os.path.dirname(d)
+        self._remember_times(d)   # the existing ancestor gets new entries
+        for d in reversed(missing):
+            os.mkdir(d, 0o755)
+            self.created.append(d)
+
+    def prepare(self, files: dict[str, bytes]) -> None:
+        """Write each file under a temporary name next to its target, fsynced."""
+        for rel, data in files.items():
+            target = self.inputs.path(rel)
+            self._mkdirs(os.path.dirname(target))
+            self._remember_times(os.path.dirname(target))
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.",
+                                       suffix=".tmp", dir=os.path.dirname(target))
+            self.temps.append((tmp, target))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                os.fchmod(f.fileno(), 0o644)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def switch(self) -> None:
+        """Rename the new files into place (existing ones are kept as backups)."""
+        assert self.stage is not None
+        while self.temps:
+            tmp, target = self.temps.pop(0)
+            backup = None
+            if _lexists(target):
+                backup = os.path.join(self.stage, f"backup-{len(self.installed)}")
+                os.rename(target, backup)
+            os.rename(tmp, target)
+            self.installed.append((target, backup))
+        for d in {os.path.dirname(t) for t, _ in self.installed}:
+            _fsync_dir(d)
+        self.restore_times()
+
+    def rollback(self) -> None:
+        for target, backup in reversed(self.installed):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            if backup is not None:
+                os.rename(backup, target)
+        for tmp, _ in self.temps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        for d in reversed(self.created):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        for src, dst in reversed(self.moved):
+            os.rename(dst, src)
+        if self.stage is not None:
+            shutil.rmtree(self.stage, ignore_errors=True)
+        self.restore_times()
+
+    def commit(self) -> None:
+        if self.stage is not None:
+            shutil.rmtree(self.stage)
+        _fsync_dir(self.boot)
+        _fsync_dir(self.inputs.path(self.inputs.kernel_dir))
+        self.restore_times()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _kernel_staged(inputs: SealInputs, keep: bool) -> Iterator[_SealTransaction]:
+    """The kernel moved out for the body; committed if ``keep`` and no error, else undone."""
+    tx = _SealTransaction(inputs)
+    try:
+        tx.stage_kernel()
+        yield tx
+    except BaseException:
+        tx.rollback()
+        raise
+    if keep:
+        tx.commit()
+    else:
+        tx.rollback()
+
+
+@contextlib.contextmanager
+def _digest_cache(cache_dir: str | None) -> Iterator[str]:
+    """A per-file digest cache so that re-verifying the final tree does not re-hash it."""
+    if cache_dir is not None:
+        yield cache_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="cfsboot-seal-cache-") as d:
+        yield d
+
+
+def tree_digest(rootfs: str, threads: int | None = None, cache_dir: str | None = None) -> str:
+    # need_tree: never reuse a cached whole result; each call really rescans.
+    options = DigestOptions(threads=threads, cache_dir=cache_dir, need_tree=True)
+    return compute_composefs_digest(rootfs, options).hexdigest
+
+
+# --- building --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Built:
+    uki: bytes
+    systemd_boot: bytes
+    cmdline: str
+
+
+def _read_inputs(inputs: SealInputs) -> dict[str, bytes]:
+    kd = inputs.kernel_dir
+    return {"vmlinuz": read_regular(inputs.path(f"{kd}/vmlinuz")),
+            "initramfs": read_regular(inputs.path(f"{kd}/initramfs.img")),
+            "os_release": read_regular(inputs.path(inputs.os_release)),
+            "systemd_boot": read_regular(inputs.path(inputs.systemd_boot))}
+
+
+def _build(inputs: SealInputs, options: SealOptions, data: dict[str, bytes], kargsd: list[str],
+           stub: bytes, digest: str) -> _Built:
+    cmdline = sealed_cmdline(kargsd, digest, options.allow_missing_verity, options.kargs)
+    linux = data["vmlinuz"]
+    signer = options.signer
+    if signer is not None and options.sign_kernel is not False:
+        linux = _maybe_sign_kernel(linux, signer, bool(options.sign_kernel))
+    image = uki.build_uki(stub, uki.UkiInputs(
+        linux=linux, initrds=[data["initramfs"]], cmdline=cmdline.encode(),
+        os_release=data["os_release"], uname=inputs.kver.encode()), options.layout)
+    sd = data["systemd_boot"]
+    if authenticode.list_signatures(sd):
+        sd = authenticode.remove_signatures(sd)   # the distribution's signature is replaced
+    if signer is None:
+        return _Built(pad8(image), pad8(sd), cmdline)
+    return _Built(authenticode.sign(image, signer, options.extra_certs),
+                  authenticode.sign(sd, signer, options.extra_certs), cmdline)
+
+
+def _maybe_sign_kernel(kernel: bytes, signer: authenticode.Signer, forced: bool) -> bytes:
+    """ukify's --sign-kernel default: an unsigned PE kernel is signed with the UKI key."""
+    try:
+        signed = bool(authenticode.list_signatures(kernel))
+    except CfsError:
+        if forced:
+            raise
+        return kernel   # not a PE (a test payload): nothing to sign
+    return kernel if signed and not forced else authenticode.sign(kernel, signer, append=True)
+
+
+def _stub(options: SealOptions) -> bytes:
+    path = options.stub_path or uki.default_stub_path(options.efi_arch)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise SealError(f"cannot read the UKI stub {path}: {e.strerror} "
+                        "(install systemd-boot-efi or give --stub)") from e
+
+
+def _files(inputs: SealInputs, uki_image: bytes, sd: bytes) -> dict[str, bytes]:
+    out = {uki_target(inputs.kver): uki_image}
+    for target in systemd_boot_targets(inputs.efi_arch):
+        out[target] = sd
+    return out
+
+
+# --- sealing ---------------------------------------------------------------------------------
+
+def seal(rootfs: str, options: SealOptions | None = None) -> SealResult:
+    """Seal ``rootfs`` in place; on any error the tree is left as it was."""
+    options = options or SealOptions()
+    inputs = check_prerequisites(rootfs, options.efi_arch)
+    data = _read_inputs(inputs)
+    kargsd = kargs_in_root(rootfs, options.kargs_arch or rust_arch(options.efi_arch))
+    stub = _stub(options)
+    trusted = [options.signer.certificate] if options.signer else None
+    with _digest_cache(options.cache_dir) as cache:
+        with _kernel_staged(inputs, keep=True) as tx:
+            digest = tree_digest(rootfs, options.threads, cache)
+            built = _build(inputs, options, data, kargsd, stub, digest)
+            result = _install(tx, inputs, digest, options.allow_missing_verity, built.cmdline,
+                              _files(inputs, built.uki, built.systemd_boot), trusted,
+                              options.threads, cache)
+        _check_committed(rootfs, digest, options.threads, cache)
+    return result
+
+
+def _install(tx: _SealTransaction, inputs: SealInputs, digest: str, insecure: bool,
+             cmdline: str, files: dict[str, bytes], trusted: list[x509.Certificate] | None,
+             threads: int | None, cache: str) -> SealResult:
+    """Put the files in place and verify the final tree; raising undoes everything."""
+    tx.prepare(files)
+    tx.switch()
+    final = tree_digest(inputs.rootfs, threads, cache)
+    if final != digest:
+        raise SealError(f"refusing to seal: the final tree's digest {final} differs from "
+                        f"the sealed {digest} (the tree changed while sealing?)")
+    with open(inputs.path(uki_target(inputs.kver)), "rb") as f:
+        problems = uki.check_uki(f.read(), digest)
+    for rel in files if trusted else ():
+        with open(inputs.path(rel), "rb") as f:
+            checks = authenticode.verify(f.read(), trusted)
+        if not any(c.ok for c in checks):
+            problems.append(f"/{rel}: signature does not verify")
+    if problems:
+        raise SealError(f"refusing to seal: {problems[0]}")
+    removed = [f"{inputs.kernel_dir}/{n}" for n in KERNEL_FILES]
+    return SealResult(digest, insecure, inputs.kver, cmdline, trusted is not None,
+                      list(files), removed)
+
+
+def _check_committed(rootfs: str, digest: str, threads: int | None,
+                     cache_dir: str | None) -> None:
+    """The committed tree (stage directory gone) still has the sealed digest."""
+    final = tree_digest(rootfs, threads, cache_dir)
+    if final != digest:
+        raise SealError(f"the sealed tree changed after sealing: digest {final}, "
+                        f"sealed {digest}")
+
+
+# --- external signing ------------------------------------------------------------------------
+
+def seal_external(rootfs: str, outdir: str, options: SealOptions | None = None) -> SealManifest:
+    """Emit the unsigned UKI and systemd-boot plus a manifest; the tree is not changed."""
+    options = options or SealOptions()
+    inputs = check_prerequisites(rootfs, options.efi_arch)
+    data = _read_inputs(inputs)
+    kargsd = kargs_in_root(rootfs, options.kargs_arch or rust_arch(options.efi_arch))
+    stub = _stub(options)
+    unsigned = SealOptions(**{**vars(options), "signer": None})
+    with _digest_cache(options.cache_dir) as cache, _kernel_staged(inputs, keep=False):
+        digest = tree_digest(rootfs, options.threads, cache)
+    built = _build(inputs, unsigned, data, kargsd, stub, digest)
+    sd_name = os.path.basename(systemd_boot_source(inputs.efi_arch))
+    entries = [("uki", f"{inputs.kver}.efi", built.uki, (uki_target(inputs.kver),)),
+               ("systemd-boot", sd_name, built.systemd_boot,
+                systemd_boot_targets(inputs.efi_arch))]
+    manifest = SealManifest(
+        kver=inputs.kver, efi_arch=inputs.efi_arch, cmdline=built.cmdline, digest=digest,
+        insecure=options.allow_missing_verity,
+        vmlinuz_sha256=hashlib.sha256(data["vmlinuz"]).hexdigest(),
+        initramfs_sha256=hashlib.sha256(data["initramfs"]).hexdigest(),
+        files=tuple(ManifestFile(role, name, hashlib.sha256(image).hexdigest(),
+                                 authenticode.authenticode_digest(image).hex(), targets)
+                    for role, name, image, targets in entries))
+    from cfsboot.atomic import atomic_write_bytes
+    os.makedirs(outdir, exist_ok=True)
+    for _, name, image, _ in entries:
+        atomic_write_bytes(os.path.join(outdir, name), image, 0o644)
+    atomic_write_bytes(os.path.join(outdir, MANIFEST_NAME), manifest.to_json().encode())
+    return manifest
+
+
+def match_signed(manifest: SealManifest, signed: dict[str, bytes],
+                 trusted: Sequence[x509.Certificate] | None = None) -> dict[str, bytes]:
+    """Pair each signed file with its manifest entry by Authenticode hash; returns
+    ``{role: signed bytes}``.  Each must carry a signature that verifies."""
+    by_hash = {f.authenticode_sha256: f for f in manifest.files}
+    out: dict[str, bytes] = {}
+    for name, image in signed.items():
+        try:
+            digest = authenticode.authenticode_digest(image).hex()
+        except CfsError as e:
+            raise SealError(f"{name}: not a PE image: {e}") from e
+        entry = by_hash.get(digest)
+        if entry is None:
+            raise SealError(f"{name} matches no file of the manifest: its Authenticode hash "
+                            "differs, so more than a signature changed")
+        if entry.role in out:
+            raise SealError(f"{name}: a second signed file for {entry.name}")
+        checks = authenticode.verify(image, trusted)
+        if not checks:
+            raise SealError(f"{name} is not signed")
+        if not any(c.ok for c in checks):
+            raise SealError(f"{name}: no signature verifies ({checks[0].reason})")
+        out[entry.role] = image
+    for f in manifest.files:
+        if f.role not in out:
+            raise SealError(f"no signed file given for {f.name} ({f.role})")
+    return out
+
+
+def inject(rootfs: str, manifest: SealManifest, signed: dict[str, bytes],
+           trusted: Sequence[x509.Certificate] | None = None, threads: int | None = None,
+           cache_dir: str | None = None) -> SealResult:
+    """Complete an externally signed seal: check the signed files against the manifest
+    and the tree against the manifest's digest, then install as ``seal`` does."""
+    by_role = match_signed(manifest, signed, trusted)
+    inputs = check_prerequisites(rootfs, manifest.efi_arch)
+    if inputs.kver != manifest.kver:
+        raise SealError(f"kernel {inputs.kver} in {rootfs}, but the manifest is for "
+                        f"{manifest.kver}")
+    data = _read_inputs(inputs)
+    for key, want in (("vmlinuz", manifest.vmlinuz_sha256),
+                      ("initramfs", manifest.initramfs_sha256)):
+        if hashlib.sha256(data[key]).hexdigest() != want:
+            raise SealError(f"the {key} in {rootfs} is not the one the manifest was made from")
+    files: dict[str, bytes] = {}
+    for f in manifest.files:
+        for target in f.targets:
+            if target.startswith("/") or ".." in target.split("/") or \
+                    not target.startswith("boot/"):
+                raise SealError(f"manifest target {target!r} is not under boot/")
+            files[target] = by_role[f.role]
+    uki_image = by_role["uki"]
+    karg = uki.composefs_karg(uki.inspect_uki(uki_image).cmdline or "")
+    if karg is None or karg.digest != manifest.digest:
+        raise SealError("the signed UKI does not carry the manifest's composefs digest")
+    with _digest_cache(cache_dir) as cache:
+        with _kernel_staged(inputs, keep=True) as tx:
+            digest = tree_digest(rootfs, threads, cache)
+            if digest != manifest.digest:
+                raise SealError(f"{rootfs} changed since 'seal --external-signing': its "
+                                f"digest is {digest}, the manifest seals {manifest.digest}")
+            result = _install(tx, inputs, digest, manifest.insecure, manifest.cmdline, files,
+                              list(trusted) if trusted else None, threads, cache)
+        _check_committed(rootfs, digest, threads, cache)
+    result.signed = True
+    return result
+
+
+# --- verifying a sealed tree -----------------------------------------------------------------
+
+@dataclass
+class SealCheck:
+    rootfs: str
+    uki: str | None                # relative path
+    sealed_digest: str | None      # from the UKI's cmdline
+    insecure: bool
+    tree_digest: str | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_seal(rootfs: str, trusted: Sequence[x509.Certificate] | None = None, *,
+                allow_unsigned: bool = False, allow_insecure: bool = False,
+                efi_arch: str = "x64",
+                threads: int | None = None,
+                digest_fn: Callable[[str], str] | None = None) -> SealCheck:
+    """Does ``rootfs`` still match its seal?  Lists every problem found."""
+    check_container_root(rootfs, boot=True)
+    check = SealCheck(rootfs, None, None, False, None)
+    ukis = [n for n in _listdir(os.path.join(rootfs, UKI_DIR)) if n.endswith(".efi")]
+    if not ukis:
+        check.problems.append(f"no UKI in /{UKI_DIR}: not sealed")
+    elif len(ukis) > 1:
+        check.problems.append(f"{len(ukis)} UKIs in /{UKI_DIR}; a sealed image has one")
+    digest = (digest_fn or (lambda p: tree_digest(p, threads)))(rootfs)
+    check.tree_digest = digest
+    if ukis:
+        check.uki = f"{UKI_DIR}/{ukis[0]}"
+        image = read_regular(os.path.join(rootfs, check.uki))
+        report = uki.inspect_uki(image)
+        if report.composefs is not None:
+            check.sealed_digest = report.composefs.digest
+            check.insecure = report.composefs.insecure
+            if report.composefs.digest != digest:
+                check.problems.append(
+                    f"the tree changed after sealing: the UKI seals {report.composefs.digest}, "
+                    f"the tree's digest is {digest}")
+        check.problems += [f"/{check.uki}: {p}" for p in uki.check_uki(image)]
+        if check.insecure and not allow_insecure:
+            check.problems.append(f"/{check.uki}: composefs=? (fs-verity optional): "
+                                  "not sealed")
+        check.problems += _signature_problems(check.uki, image, trusted, allow_unsigned)
+    sd_images = []
+    for rel in systemd_boot_targets(efi_arch):
+        path = os.path.join(rootfs, rel)
+        if not _is_regular(path):
+            check.problems.append(f"/{rel} is missing")
+            continue
+        image = read_regular(path)
+        sd_images.append(image)
+        check.problems += _signature_problems(rel, image, trusted, allow_unsigned)
+    if len(sd_images) == 2 and sd_images[0] != sd_images[1]:
+        check.problems.append("the two systemd-boot copies differ")
+    for kver in vmlinuz_dirs(rootfs):
+        check.problems.append(f"/{MODULES_DIR}/{kver}/vmlinuz is still present "
+                              "(the sealed layout removes it)")
+    return check
+
+
+def _signature_problems(rel: str, image: bytes, trusted: Sequence[x509.Certificate] | None,
+                        allow_unsigned: bool) -> list[str]:
+    checks = authenticode.verify(image, trusted)
+    if not checks:
+        return [] if allow_unsigned else [f"/{rel} is not signed"]
+    if not any(c.ok for c in checks):
+        return [f"/{rel}: no signature verifies ({checks[0].reason})"]
+    return []

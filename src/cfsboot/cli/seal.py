@@ -1,0 +1,226 @@
+"""``cfsboot seal``: make a root filesystem a sealed bootable image, in place.
+
+    cfsboot seal ROOTFS (--key K --cert C | --unsigned) [--karg ARG]... [--allow-missing-verity]
+    cfsboot seal ROOTFS --external-signing OUTDIR        (unsigned files + manifest.json)
+    cfsboot seal inject SIGNED... --manifest M ROOTFS [--cert DB]
+    cfsboot seal verify ROOTFS [--cert DB] [--allow-unsigned]
+
+Sealing checks the prerequisites (one kernel with vmlinuz + initramfs.img in
+/usr/lib/modules/<kver>/, systemd-boot, no bootupd, no pre-built UKI), computes
+the composefs digest of the final tree (kernel files removed), builds the UKI
+with the kargs.d arguments + composefs=<digest> + --karg, signs it and
+systemd-boot, writes /boot/EFI/Linux/<kver>.efi, /boot/EFI/BOOT/BOOT<ARCH>.EFI and
+/boot/EFI/systemd/systemd-boot<arch>.efi, removes the raw kernel, and re-verifies
+the final tree's digest.  Any failure leaves the tree as it was.
+
+External signing: sign the two emitted files with any Authenticode signer
+(``cfsboot uki sign``, ``sbsign``, an HSM service), then ``seal inject`` them.
+Options go after ROOTFS (``seal build ROOTFS`` is the explicit spelling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from cfsboot.boot import authenticode
+from cfsboot.boot.manifest import SealManifest
+from cfsboot.boot.uki import LAYOUTS
+from cfsboot.cli.uki import _extra_certs, _signer, _signing_args
+from cfsboot.errors import CfsError
+
+COMMANDS = ("build", "inject", "verify")
+
+
+class _AnyName:
+    """Choices that let argparse's check pass any first word (``build`` is implied)."""
+
+    def __init__(self, names: dict[str, argparse.ArgumentParser]) -> None:
+        self.names = names
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Any:
+        return iter(self.names)
+
+
+class _DefaultCommandAction(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Sub-commands where an unknown first word means ``build`` (so ``seal ROOTFS``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.choices = _AnyName(self._name_parser_map)  # type: ignore[assignment]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if values and values[0] not in self._name_parser_map:
+            values = ["build", *values]
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Options may come between positionals (``inject A B --manifest M ROOTFS``)."""
+
+    _inside = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._inside or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("seal", help="seal a root filesystem with a signed UKI (also inject, "
+                       "verify)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.register("action", "default_command", _DefaultCommandAction)
+    ssub = p.add_subparsers(dest="seal_command", metavar="[build|inject|verify]",
+                            action="default_command", required=True,
+                            parser_class=_IntermixedParser)
+
+    b = ssub.add_parser("build", help="seal ROOTFS in place (the default command)")
+    b.add_argument("rootfs", metavar="ROOTFS", help="root filesystem directory")
+    b.add_argument("--unsigned", action="store_true", help="do not sign (testing only)")
+    b.add_argument("--external-signing", metavar="OUTDIR",
+                   help="do not change ROOTFS: write the unsigned UKI, systemd-boot and "
+                        "manifest.json to OUTDIR for an external signer")
+    b.add_argument("--karg", action="append", default=[], metavar="ARG",
+                   help="kernel argument after composefs=, repeatable")
+    b.add_argument("--allow-missing-verity", action="store_true",
+                   help="write composefs=?<digest> (fs-verity optional: not sealed)")
+    b.add_argument("--kargs-arch", metavar="ARCH",
+                   help="architecture for kargs.d match-architectures (Rust names; default: "
+                        "from --efi-arch)")
+    b.add_argument("--stub", metavar="FILE", help="UKI stub (default: systemd's for --efi-arch)")
+    b.add_argument("--efi-arch", default="x64", choices=("x64", "aa64", "ia32", "riscv64",
+                                                         "loongarch64"))
+    b.add_argument("--ukify-layout", choices=LAYOUTS, default="257")
+    b.add_argument("--sign-kernel", action=argparse.BooleanOptionalAction, default=None,
+                   help="also sign the kernel PE (default: when it is an unsigned PE)")
+    _common(b)
+    _signing_args(b, required=False)
+    b.set_defaults(func=run_build)
+
+    i = ssub.add_parser("inject", help="complete an externally signed seal")
+    i.add_argument("paths", nargs="+", metavar="SIGNED... ROOTFS",
+                   help="the signed files, then the root filesystem")
+    i.add_argument("--manifest", required=True, metavar="FILE",
+                   help="manifest.json written by 'seal --external-signing'")
+    i.add_argument("--cert", action="append", default=[], metavar="FILE",
+                   help="trusted certificate the signatures must chain to; repeatable")
+    _common(i)
+    i.set_defaults(func=run_inject)
+
+    v = ssub.add_parser("verify", help="check that ROOTFS still matches its seal")
+    v.add_argument("rootfs", metavar="ROOTFS")
+    v.add_argument("--cert", action="append", default=[], metavar="FILE",
+                   help="trusted certificate (db); repeatable; without it signatures are "
+                        "checked for integrity only")
+    v.add_argument("--allow-unsigned", action="store_true")
+    v.add_argument("--allow-missing-verity", action="store_true",
+                   help="accept composefs=?<digest>")
+    v.add_argument("--efi-arch", default="x64")
+    _common(v)
+    v.set_defaults(func=run_verify)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--threads", type=int, metavar="N", help="hashing threads")
+
+
+def _certs(paths: Sequence[str]) -> list[Any]:
+    return [authenticode.load_certificate(Path(f).read_bytes()) for f in paths]
+
+
+def _emit(args: argparse.Namespace, doc: dict[str, Any], lines: Sequence[str]) -> None:
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for line in lines:
+            print(line)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from cfsboot.boot import seal
+
+    signer = _signer(args)
+    if args.external_signing:
+        if signer is not None or args.unsigned:
+            raise CfsError("--external-signing writes unsigned files: drop --key/--unsigned")
+    elif signer is None and not args.unsigned:
+        raise CfsError("sealing needs --cert with --key/--sign-command/--pkcs11-uri "
+                       "(or --unsigned for testing, or --external-signing OUTDIR)")
+    elif signer is not None and args.unsigned:
+        raise CfsError("--unsigned conflicts with signing options")
+    options = seal.SealOptions(
+        signer=signer, extra_certs=_extra_certs(args), kargs=args.karg,
+        allow_missing_verity=args.allow_missing_verity, efi_arch=args.efi_arch,
+        kargs_arch=args.kargs_arch, stub_path=args.stub, layout=args.ukify_layout,
+        sign_kernel=args.sign_kernel, threads=args.threads)
+    if args.external_signing:
+        m = seal.seal_external(args.rootfs, args.external_signing, options)
+        _emit(args, {"manifest": json.loads(m.to_json())}, [
+            f"composefs digest: {m.digest}", f"cmdline: {m.cmdline}",
+            *(f"unsigned: {args.external_signing}/{f.name}" for f in m.files),
+            f"manifest: {args.external_signing}/manifest.json",
+            "sign the files, then: cfsboot seal inject SIGNED... --manifest "
+            f"{args.external_signing}/manifest.json {args.rootfs}"])
+        return 0
+    result = seal.seal(args.rootfs, options)
+    _emit_result(args, result)
+    return 0
+
+
+def _emit_result(args: argparse.Namespace, result: Any) -> None:
+    _emit(args, asdict(result), [
+        f"sealed {args.rootfs if hasattr(args, 'rootfs') else ''}".rstrip()
+        + f" ({'signed' if result.signed else 'UNSIGNED'})",
+        f"composefs digest: {result.digest}{' (fs-verity optional)' if result.insecure else ''}",
+        f"cmdline: {result.cmdline}",
+        *(f"wrote /{w}" for w in result.written),
+        *(f"removed /{r}" for r in result.removed)])
+
+
+def run_inject(args: argparse.Namespace) -> int:
+    from cfsboot.boot import seal
+
+    if len(args.paths) < 2:
+        raise CfsError("seal inject needs the signed files and then ROOTFS")
+    *signed_paths, rootfs = args.paths
+    manifest = SealManifest.from_json(Path(args.manifest).read_text())
+    signed = {p: Path(p).read_bytes() for p in signed_paths}
+    result = seal.inject(rootfs, manifest, signed, _certs(args.cert) or None, args.threads)
+    args.rootfs = rootfs
+    _emit_result(args, result)
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from cfsboot.boot import seal
+
+    check = seal.verify_seal(args.rootfs, _certs(args.cert) or None,
+                             allow_unsigned=args.allow_unsigned,
+                             allow_insecure=args.allow_missing_verity,
+                             efi_arch=args.efi_arch, threads=args.threads)
+    if args.json:
+        print(json.dumps({**asdict(check), "ok": check.ok}, indent=2))
+    else:
+        print(f"UKI: /{check.uki}" if check.uki else "UKI: none")
+        print(f"sealed digest: {check.sealed_digest}")
+        print(f"tree digest:   {check.tree_digest}")
+        for problem in check.problems:
+            print(f"cfsboot: {args.rootfs}: {problem}", file=sys.stderr)
+        if check.ok:
+            print(f"{args.rootfs}: seal OK")
+    return 0 if check.ok else 1
