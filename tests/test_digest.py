@@ -70,7 +70,8 @@ def test_json_output(sample_root: Path, capsys: pytest.CaptureFixture[str]) -> N
     rc, out, _ = run_cli(capsys, str(sample_root), "--json")
     report = json.loads(out)
     assert rc == 0
-    assert set(report) == {"digest", "format", "hash", "counts", "time"}
+    assert set(report) == {"digest", "format", "hash", "counts", "time", "cached"}
+    assert report["cached"] is False
     assert report["digest"] == expected["compute_composefs_digest"]
     assert (report["format"], report["hash"]) == (1, "sha512")
     counts = report["counts"]

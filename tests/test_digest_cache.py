@@ -88,3 +88,20 @@ def test_racily_clean_tree_is_not_recorded(tmp_path: Path) -> None:
     digest(root, cache)
     assert digest(root, cache)[1] is False
     assert not (cache / "results.v1.json").exists()
+
+
+def test_damaged_results_are_a_miss(tmp_path: Path, no_racy_window: None) -> None:
+    import json
+
+    root, cache = tmp_path / "root", tmp_path / "cache"
+    make_root(root)
+    expected = digest(root, cache)[0]
+    results = cache / "results.v1.json"
+    data = json.loads(results.read_text())
+    for value in data.values():
+        value["digest"] = "zz"
+    results.write_text(json.dumps(data))
+    assert digest(root, cache)[:2] == (expected, False)
+    results.write_text("{not json")
+    assert digest(root, cache)[:2] == (expected, False)
+    assert digest(root, cache)[:2] == (expected, True)  # recorded again

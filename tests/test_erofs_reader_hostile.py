@@ -449,7 +449,7 @@ def test_zeroed_blocks_only_raise_erofs_error(path: Path) -> None:
         _exercise(bytes(data))
 
 
-@settings(max_examples=1500, deadline=None,
+@settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(_bit_flipped())
 def test_clean_check_implies_fsck_erofs_accepts(data: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,44 +180,71 @@ def test_digest_files_with_sizes_hashes_largest_first(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     paths = make_files(tmp_path, 150)
     sizes = [p.stat().st_size for p in paths]
-    orders: list[Any] = []
+    fed: list[int] = []
 
     class SpyPool(files._ForkedPool):
-        def __init__(self, *args: Any) -> None:
-            orders.append(args[3])
-            super().__init__(*args)
+        def run(self, tasks: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+            def spy() -> Iterator[tuple[int, Any]]:
+                for task in tasks:
+                    fed.append(task[0])
+                    yield task
+            return super().run(spy())
 
     monkeypatch.setattr(files, "_ForkedPool", SpyPool)
     got = list(digest_files(paths, "sha256", threads=2, sizes=sizes))
     assert got == [(p, digest_file(p, "sha256")) for p in paths]
-    [order] = orders
-    assert sorted(order) == list(range(len(paths)))
-    assert [sizes[i] for i in order] == sorted(sizes, reverse=True)
+    assert sorted(fed) == list(range(len(paths)))
+    assert [sizes[i] for i in fed] == sorted(sizes, reverse=True)
     with pytest.raises(ValueError, match="one entry per path"):
         list(digest_files(paths, sizes=sizes[1:]))
 
 
-def test_forked_pool_follows_the_order_and_reports_in_index_order(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forked_pool_takes_tasks_in_the_order_fed(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "files"
     folder.mkdir()
     paths = make_files(folder, 40)
     log = tmp_path / "log"
     real = files.digest_file
 
-    def logged(path: str | os.PathLike[str], alg: str = "sha512") -> bytes:
+    def logged(path: str | os.PathLike[str], alg: str = "sha512", **kw: Any) -> bytes:
         with open(log, "a") as f:  # written by the (single) worker process
             f.write(os.fspath(path) + "\n")
-        return real(path, alg)
+        return real(path, alg, **kw)
 
     monkeypatch.setattr(files, "digest_file", logged)
     order = list(range(len(paths)))
     random.Random(4).shuffle(order)
-    pool = files._ForkedPool(paths, "sha512", 1, order)
+    pool = files._ForkedPool("sha512", 1, True)
     try:
-        got = list(pool.results())
+        got = list(pool.run(iter([(i, paths[i]) for i in order])))
     finally:
         pool.stop()
     assert log.read_text().splitlines() == [str(paths[i]) for i in order]
-    assert got == [(i, real(p)) for i, p in enumerate(paths)]
+    assert got == [(i, real(paths[i])) for i in order]
+    assert_no_children()
+
+
+def test_digest_files_lazy_input_long_paths_and_symlinks(tmp_path: Path) -> None:
+    paths = make_files(tmp_path, 120)
+    deep = tmp_path / "/".join(["d" * 200] * 12)  # ~2.4 KiB paths fill the task pipe
+    deep.mkdir(parents=True)
+    for i in range(150):
+        target = deep / f"long{i:03d}"
+        write(target, i * 100, i)
+        paths.append(target)
+    (tmp_path / "link").symlink_to(paths[3])
+    paths.append(tmp_path / "link")
+    expected = [(p, digest_file(p)) for p in paths]
+
+    def walk() -> Iterator[Path]:
+        yield from paths
+
+    assert list(digest_files(walk(), threads=2)) == expected
+    results = digest_files(walk(), threads=2, follow_symlinks=False)
+    with pytest.raises(OSError) as info:
+        for (path, digest), (want_path, want) in zip(results, expected, strict=False):
+            assert (path, digest) == (want_path, want)
+    assert info.value.filename == str(tmp_path / "link")
+    assert list(digest_files(iter(paths[:1]), threads=2)) == expected[:1]
     assert_no_children()

@@ -51,10 +51,42 @@ def _w(path: Path, data: str = "x") -> None:
     path.write_text(data)
 
 
+def _var_is_file(r: Path) -> None:
+    os.rmdir(r / "var")
+    _w(r / "var")
+
+
+def _ostree_dir(r: Path) -> None:
+    os.unlink(r / "ostree")
+    os.mkdir(r / "ostree")
+
+
+def _ostree_absolute(r: Path) -> None:
+    os.unlink(r / "ostree")
+    os.symlink("/sysroot/ostree", r / "ostree")
+
+
+def _usr_etc(r: Path) -> None:
+    os.makedirs(r / "etc")
+    os.makedirs(r / "usr/etc")
+
+
+def _users(r: Path) -> None:
+    _w(r / "etc/passwd", "root:x:0:0::/root:/bin/sh\nsvc:x:900:900::/:/sbin/nologin\n")
+    _w(r / "etc/group", "root:x:0:\nsvc:x:900:\nonlygroup:x:901:\n")
+    _w(r / "usr/lib/sysusers.d/basic.conf", "u root 0\n")
+
+
+def _logs(r: Path) -> None:
+    _w(r / "var/log/somefile.log", "log")
+    _w(r / "var/log/empty.log", "")
+    _w(r / "var/log/someproject/audit.log", "audit")
+
+
 CASES: list[tuple[str, Callable[[Path], None], str]] = [
     ("api-base-directories", lambda r: os.rmdir(r / "var"),
      "Missing API filesystem base directory: /var"),
-    ("api-base-directories", lambda r: (os.rmdir(r / "var"), _w(r / "var")),  # type: ignore
+    ("api-base-directories", _var_is_file,
      "Expected directory for API filesystem base directory: /var"),
     ("baseimage-composefs", lambda r: os.unlink(r / "usr/lib/ostree/prepare-root.conf"),
      "usr/lib/ostree/prepare-root.conf is not present to enable composefs"),
@@ -64,16 +96,15 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
     ("baseimage-root", lambda r: os.rmdir(r / "sysroot"), "Missing /sysroot"),
     ("baseimage-root", lambda r: os.unlink(r / "ostree"),
      "Missing ostree -> sysroot/ostree link"),
-    ("baseimage-root", lambda r: (os.unlink(r / "ostree"), os.mkdir(r / "ostree")),  # type: ignore
+    ("baseimage-root", _ostree_dir,
      "/ostree should be a symlink"),
-    ("baseimage-root", lambda r: (os.unlink(r / "ostree"),  # type: ignore
-                                  os.symlink("/sysroot/ostree", r / "ostree")),
+    ("baseimage-root", _ostree_absolute,
      "Expected /ostree -> sysroot/ostree, not '/sysroot/ostree'"),
     ("bootc-kargs", lambda r: _w(r / "usr/lib/bootc/kargs.d/a.toml", "kargs = 1"),
      "/usr/lib/bootc/kargs.d/a.toml: 'kargs' must be a list of strings"),
     ("buildah-injected", lambda r: _w(r / "etc/hostname", ""),
      "/etc/hostname is an empty file; this may have been synthesized by a container runtime."),
-    ("etc-usretc", lambda r: (os.makedirs(r / "etc"), os.makedirs(r / "usr/etc")),  # type: ignore
+    ("etc-usretc", _usr_etc,
      "Found /usr/etc - this is a bootc implementation detail"),
     ("kernel", lambda r: _w(r / "usr/lib/modules/6.3.1/vmlinuz"),
      "Multiple kernels found in /usr/lib/modules: 5.7.2, 6.3.1"),
@@ -84,19 +115,14 @@ CASES: list[tuple[str, Callable[[Path], None], str]] = [
      "Found content in runtime-only directories (/run, /tmp):\n  /tmp/build-artifact"),
     ("nonempty-run-tmp", lambda r: _w(r / "run/systemd/resolve/something-else"),
      "  /run/systemd\n  /run/systemd/resolve\n  /run/systemd/resolve/something-else"),
-    ("sysusers", lambda r: (_w(r / "etc/passwd", "root:x:0:0::/root:/bin/sh\n"  # type: ignore
-                               "svc:x:900:900::/:/sbin/nologin\n"),
-                            _w(r / "etc/group", "root:x:0:\nsvc:x:900:\nonlygroup:x:901:\n"),
-                            _w(r / "usr/lib/sysusers.d/basic.conf", "u root 0\n")),
+    ("sysusers", _users,
      "Found /etc/passwd entry without corresponding systemd sysusers.d:\n  svc\n"
      "Found /etc/group entry without corresponding systemd sysusers.d:\n  svc\n  onlygroup"),
     ("utf8", lambda r: os.mkdir(os.fsencode(r / "usr") + b"/bad\xffdir"),
      '/usr: Found non-utf8 filename "bad\\xFFdir"'),
     ("utf8", lambda r: os.symlink(b"bad\xff", os.fsencode(r / "usr/link")),
      "/usr/link: Found non-utf8 symlink target"),
-    ("var-log", lambda r: (_w(r / "var/log/somefile.log", "log"),  # type: ignore
-                           _w(r / "var/log/empty.log", ""),
-                           _w(r / "var/log/someproject/audit.log", "audit")),
+    ("var-log", _logs,
      "Found non-empty logfiles:\n  /var/log/somefile.log\n  /var/log/someproject/audit.log"),
     ("var-run", lambda r: os.makedirs(r / "var/run/foo"), "Not a symlink: var/run"),
     ("var-tmpfiles", lambda r: _w(r / "var/lib/foo/data"),

@@ -209,10 +209,10 @@ def test_overlay_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sysapi, "fsconfig_create", lambda fd: None)
     for want_verity in (True, False):
         seen.clear()
-        mount._overlay_config(99, "abc", 5, 6, want_verity, MountOptions(), [])
+        mount._overlay_config(99, "abc", 5, 6, want_verity, [])
         if not want_verity:
             seen.clear()
-            mount._overlay_config(99, "abc", 5, 6, want_verity, MountOptions(), [7, 8])
+            mount._overlay_config(99, "abc", 5, 6, want_verity, [7, 8])
             assert ("upperdir", "/proc/self/fd/7") in seen
             assert ("workdir", "/proc/self/fd/8") in seen
             seen[:] = [x for x in seen if x[0] not in ("upperdir", "workdir")]

@@ -203,8 +203,8 @@ def test_concurrent_writers_threads_and_processes(tmp_path: Path) -> None:
             errors.append(e)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER_SCRIPT, str(root), "10"])
-             for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER_SCRIPT, str(root), "10"],
+                              stdout=subprocess.DEVNULL) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -239,6 +239,8 @@ with Repository.open(root) as repo:
         tree = Directory(Stat(0o755, 0, 0, i, 0))
         tree.entries[b"f"] = Leaf(Stat(0o644, 0, 0, 0, 0), External.from_digest(oid, len(blob)))
         repo.write_image("img%d" % (i % 3), mkfs_erofs(tree, 1))
+        if i == 0:
+            print("ready", flush=True)
         i += 1
         if loops and i >= loops:
             break
@@ -250,9 +252,11 @@ def test_killed_writer_leaves_no_partial_state(tmp_path: Path) -> None:
     its name says, and no ref dangles."""
     root = tmp_path / "r"
     _init(root).close()
-    for delay in (0.05, 0.2, 0.4, 0.7):
-        p = subprocess.Popen([sys.executable, "-c", _WRITER_SCRIPT, str(root), "0"])
-        time.sleep(delay + 0.5)  # interpreter start-up, then some writing
+    for delay in (0.0, 0.013, 0.05, 0.1, 0.3):
+        p = subprocess.Popen([sys.executable, "-c", _WRITER_SCRIPT, str(root), "0"],
+                             stdout=subprocess.PIPE)
+        assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        time.sleep(delay)  # then kill it somewhere in the middle of writing
         p.send_signal(signal.SIGKILL)
         p.wait()
         with Repository.open(root) as repo:

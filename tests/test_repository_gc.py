@@ -142,6 +142,8 @@ def test_gc_keeps_exactly_what_refs_reach(tmp_path_factory: pytest.TempPathFacto
         roots = set()
         if extra_root and model.streams:
             roots.add(sorted(model.streams)[0])
+        if extra_root and model.images:  # images are roots by their hex entry name
+            roots.add(sorted(model.images)[0].hex())
         expected = model.live(roots)
         before = _on_disk(root)
         dry = gc(repo, roots, dry_run=True)
@@ -185,6 +187,8 @@ with Repository.open(sys.argv[1]) as repo:
                 oid = t.finalize().digest
             w.write_inline(b"hdr"); w.write_reference(oid); w.add_external_size(2000 + i)
         repo.write_stream(w, "layer%d" % n, "tag%d" % n)
+        if n == 0:
+            print("ready", flush=True)
         n += 1
 """
 
@@ -194,8 +198,10 @@ def test_gc_after_killed_import(tmp_path: Path) -> None:
     those and keeps every object of every tagged stream."""
     root = tmp_path / "r"
     Repository.init(root, SHA256, insecure=True)[0].close()
-    p = subprocess.Popen([sys.executable, "-c", _KILLED_IMPORT, str(root)])
-    time.sleep(1.5)
+    p = subprocess.Popen([sys.executable, "-c", _KILLED_IMPORT, str(root)],
+                         stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+    time.sleep(0.3)
     p.send_signal(signal.SIGKILL)
     p.wait()
     with Repository.open(root) as repo:

@@ -147,3 +147,32 @@ def test_insecure_init_then_secure_open_is_insecure(tmp_path: Path, fake: FakeVe
         assert repo.insecure
         with pytest.raises(CfsError, match="fs-verity"):
             repo.require_verity()
+
+
+def test_mount_verification_modes(tmp_path: Path, fake: FakeVerity) -> None:
+    """Secure repositories ask overlayfs for verity=require and check the image's
+    kernel digest; insecure ones hash the image in userspace instead."""
+    from cfsboot.repository import mount
+
+    image = mkfs_erofs(Directory(Stat(0o755, 0, 0, 0, 0)), 1)
+    with Repository.init(tmp_path / "s", SHA512)[0] as repo:
+        digest = repo.write_image("img", image)
+        fd, _, found = repo.open_image("img")
+        try:
+            assert mount._verify_image(repo, "img", fd, found) is True
+            with pytest.raises(CfsError, match="corrupt"):
+                mount._verify_image(repo, "img", fd, bytes(64))
+        finally:
+            os.close(fd)
+    with Repository.init(tmp_path / "i", SHA512, insecure=True)[0] as repo:
+        fake.enabled.clear()
+        assert repo.write_image("img", image) == digest
+        fd, _, found = repo.open_image(digest.hex())
+        try:
+            # no verity=require: objects written on the insecure streaming path
+            # have no verity, so overlayfs would refuse to read them
+            assert mount._verify_image(repo, "img", fd, found) is False
+            with pytest.raises(CfsError, match="corrupt"):
+                mount._verify_image(repo, "img", fd, bytes(64))
+        finally:
+            os.close(fd)

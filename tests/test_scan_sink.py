@@ -86,3 +86,25 @@ def test_store_path_is_a_file(tmp_path: Path) -> None:
     from cfsboot.errors import CfsError
     with pytest.raises(CfsError, match="digest store"):
         FlatDigestStore(str(tmp_path / "file"))
+
+
+@pytest.mark.parametrize("use_tmpfile", [True, False])
+def test_read_error_mid_file_leaves_nothing(tmp_path: Path, use_tmpfile: bool) -> None:
+    from cfsboot.errors import CfsError
+    from cfsboot.tree import scan as scan_mod
+
+    src, store_dir = tmp_path / "src", tmp_path / "store"
+    src.mkdir()
+    (src / "f").write_bytes(b"f" * 5000)
+
+    def half_then_eio(fd: int, alg: str, *, sink: object = None, **kw: object) -> None:
+        assert callable(sink)
+        sink(memoryview(b"f" * 2500))
+        raise OSError(5, "Input/output error")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scan_mod, "digest_fd", half_then_eio)
+        with pytest.raises(CfsError, match="Input/output error"):
+            scan_directory(str(src), ScanOptions(
+                sink=FlatDigestStore(str(store_dir), use_tmpfile=use_tmpfile)))
+    assert stored_objects(store_dir) == {}

@@ -4,6 +4,7 @@ in the signed cmdline, independent signature checks, rollback, ``seal verify``."
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -11,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TREE_VECTORS, need_root, need_tool
 
 from cfsboot.boot import authenticode, keys, seal, uki
 from cfsboot.cli.main import main
-from conftest import TREE_VECTORS, need_root, need_tool
 
 KVER = "6.1.0-sample"
 SD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
@@ -141,6 +142,20 @@ def test_independent_tools_accept_signatures(sample: Path, keydir: Path) -> None
         assert done.returncode == 0, (f, done.stdout, done.stderr)
 
 
+def test_sign_command_and_deterministic(sample: Path, keydir: Path, tmp_path: Path) -> None:
+    """An external signing command (here openssl) gives the same bytes as the key file,
+    and sealing identical trees gives identical UKIs."""
+    need_tool("openssl")
+    other = make_sample(tmp_path / "other")
+    assert main(["seal", str(sample), "--cert", str(keydir / "db.crt"),
+                 "--key", str(keydir / "db.key")]) == 0
+    assert main(["seal", str(other), "--cert", str(keydir / "db.crt"), "--sign-command",
+                 f"openssl dgst -sha256 -sign {keydir / 'db.key'}",
+                 "--cache", str(tmp_path / "cache")]) == 0
+    for rel in (f"boot/EFI/Linux/{KVER}.efi", "boot/EFI/BOOT/BOOTX64.EFI"):
+        assert (sample / rel).read_bytes() == (other / rel).read_bytes()
+
+
 def test_boot_mtime_nanoseconds_count(sample: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Why seal restores /boot's times: the transform keeps its nanoseconds."""
     before = cli_digest(sample, capsys)
@@ -166,6 +181,22 @@ def test_tree_change_detected_by_verify(sample: Path, keydir: Path,
     assert "the tree changed after sealing" in err
     check = seal.verify_seal(str(sample), [signer_of(keydir).certificate])
     assert check.tree_digest != check.sealed_digest
+
+
+def test_verify_reports_interrupted_seal_and_lint_accepts_sealed(
+        sample: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["seal", str(sample), "--unsigned"]) == 0
+    capsys.readouterr()
+    assert main(["container", "lint", "--rootfs", str(sample), "--json"]) == 1
+    lints = {x["name"]: x for x in json.loads(capsys.readouterr().out)["lints"]}
+    assert lints["nonempty-boot"]["sections"] == [
+        {"header": "Found non-empty /boot", "items": ["loader"]}]   # EFI is allowed
+    st = os.lstat(sample / "boot")
+    (sample / "boot/.cfsboot-seal-abc").mkdir()                  # as seal leaves it: /boot's
+    os.utime(sample / "boot", ns=(st.st_atime_ns, st.st_mtime_ns))   # times put back
+    check = seal.verify_seal(str(sample), allow_unsigned=True)
+    assert [p for p in check.problems if "interrupted seal" in p]
+    assert check.sealed_digest == check.tree_digest
 
 
 def test_verify_detects_untrusted_and_tampered(sample: Path, keydir: Path,
@@ -236,6 +267,12 @@ def _break_symlink_kernel(root: Path) -> None:
     (root / f"usr/lib/modules/{KVER}/vmlinuz").symlink_to("/etc/passwd")
 
 
+def _break_symlinked_kernel_dir(root: Path) -> None:
+    real = root.parent / "elsewhere"
+    shutil.move(str(root / f"usr/lib/modules/{KVER}"), real)
+    (root / f"usr/lib/modules/{KVER}").symlink_to(real)
+
+
 def _break_bootupd(root: Path) -> None:
     (root / "usr/lib/bootupd/updates").mkdir(parents=True)
 
@@ -269,6 +306,7 @@ PREREQUISITES = [
     (_break_two_kernels, f"more than one kernel in /usr/lib/modules: {KVER}, 6.2.0"),
     (_break_no_initramfs, f"/usr/lib/modules/{KVER}/initramfs.img is missing"),
     (_break_symlink_kernel, f"/usr/lib/modules/{KVER}/vmlinuz is not a regular file"),
+    (_break_symlinked_kernel_dir, f"/usr/lib/modules/{KVER} is reached through a symlink"),
     (_break_bootupd, "bootupd is installed (/usr/lib/bootupd/updates)"),
     (_break_no_sdboot, "systemd-boot is missing: /usr/lib/systemd/boot/efi/"
                        "systemd-bootx64.efi is not a regular file"),
@@ -317,6 +355,16 @@ def test_failed_final_check_rolls_back(sample: Path, monkeypatch: pytest.MonkeyP
     assert snapshot(sample) == before
 
 
+def test_symlinked_efi_dir_is_refused(sample: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (sample / "boot/EFI").symlink_to(outside)
+    before = snapshot(sample)
+    with pytest.raises(seal.SealError, match="is not a directory"):
+        seal.seal(str(sample))
+    assert snapshot(sample) == before and os.listdir(outside) == []
+
+
 def test_digest_mismatch_rolls_back(sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = snapshot(sample)
     real = seal.tree_digest
@@ -327,7 +375,7 @@ def test_digest_mismatch_rolls_back(sample: Path, monkeypatch: pytest.MonkeyPatc
         return real(rootfs, threads, cache_dir) if len(calls) == 1 else "0" * 128
 
     monkeypatch.setattr(seal, "tree_digest", fake)
-    with pytest.raises(seal.SealError, match="final tree's digest 0+ differs"):
+    with pytest.raises(seal.SealError, match=r"final tree.s digest 0+ differs"):
         seal.seal(str(sample))
     assert snapshot(sample) == before
 

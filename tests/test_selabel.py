@@ -366,6 +366,7 @@ def test_policy_errors(setup: str, message: str) -> None:
     (b"/usr[ ctx", "file_contexts line 2: invalid regex"),
     (b"/usr) ctx", "file_contexts line 2: invalid regex"),
     (b"\xff ctx", "line 2: not valid UTF-8"),
+    (b"/(?<=a*)b ctx", "file_contexts line 2: cannot express regex in Python"),
 ])
 def test_bad_spec_lines(line: bytes, message: str) -> None:
     t = Tree()
@@ -429,3 +430,24 @@ def test_policy_lookup_api() -> None:
 def test_from_tree_returns_none_without_policy() -> None:
     t = Tree()
     assert SelinuxPolicy.from_tree(t.root, t.read) is None
+
+
+def test_pcre_fallback_rules_interleave_by_priority() -> None:
+    # composefs-rs hybrid_lookaround_priority: PCRE2-only (look-ahead) rules and
+    # Rust-DFA rules keep one global "last line wins" order
+    fc = b"""\
+/(.*)?  system_u:object_r:default_t:s0
+/usr(.*)?  system_u:object_r:usr_t:s0
+/usr/bin/(?!bad).*  system_u:object_r:bin_ok_t:s0
+/usr/bin/good  system_u:object_r:bin_good_t:s0
+/etc/(?!shadow).*  system_u:object_r:etc_public_t:s0
+/etc/hostname  system_u:object_r:hostname_t:s0
+"""
+    t = labeled(fc, [b"/etc/hostname", b"/etc/passwd", b"/etc/shadow", b"/usr/bin/good",
+                     b"/usr/bin/hello", b"/usr/bin/bad"])
+    assert t.label(b"/etc/hostname") == ctx("hostname")
+    assert t.label(b"/etc/passwd") == ctx("etc_public")
+    assert t.label(b"/etc/shadow") == ctx("default")
+    assert t.label(b"/usr/bin/good") == ctx("bin_good")
+    assert t.label(b"/usr/bin/hello") == ctx("bin_ok")
+    assert t.label(b"/usr/bin/bad") == ctx("usr")

@@ -12,9 +12,14 @@ does not match).  The oracle program is at the end of this file.
 
 from __future__ import annotations
 
+import os
+import random
+import subprocess
+
 import pytest
 
-from cfsboot.boot.selabel_regex import compile_selinux_regex
+from cfsboot.boot.selabel_regex import RegexDialectError, compile_selinux_regex, translate
+from cfsboot.boot.selabel_regex_ast import Atomic, ByteSet, Group, Lit, Node, Repeat, Seq
 
 RUST_TABLE = [
     ('/usr(/.*)?', '.',
@@ -312,6 +317,77 @@ def test_matches_rust_regex_automata(regex: str, typ: str, matching: list[bytes]
         assert key.startswith(compiled.prefix), (key, compiled.prefix)
     for key in other:
         assert not compiled.matches(key), key
+
+
+# ---- live comparison (CFSBOOT_RUST_REGEX_ORACLE=path of the oracle below) -------------
+
+PIECES = ["a", "A", "/", ".", "\\d", "\\w", "\\s", "\\W", "[a-c]", "[^a]", "[[:alpha:]]",
+          "[[:^digit:]x]", "[a[b]]", "[a-z&&[^b]]", "[\\w--a]", "[a~~b]", "\\x41", "\\xe9",
+          "\\x{e9}", "é", "\\.", "(?i)a", "(?i:b)", "(?s).", "(?-i:a)", "\\A", "\\z", "$", "^",
+          "\\b", "\\B", "\\<", "\\>", "\\b{start}", "\\b{end-half}", "(?m)^", "(?m)$", "(?U)a*",
+          "a*?", "\\t", "\\n", "\\v", "[]a]", "[^]]", "[-a]", "[[:foo:]]", "\\ ", "\\#",
+          "\\u0041", "[\\x00-\\x1f]", "(?x) a", "(?R).", "(?R)$", "(?Rm)$", "(?P<n>a)"]
+
+
+def _random_regex(rng: random.Random, depth: int = 0) -> str:
+    parts = []
+    for _ in range(rng.randint(1, 4)):
+        roll = rng.random()
+        if roll < 0.6 or depth > 2:
+            piece = rng.choice(PIECES)
+            q = rng.random()
+            piece = ("(?:" + piece + ")" + rng.choice(["*", "+", "?", "{1,2}"])) if q < 0.3 \
+                else piece
+        elif roll < 0.8:
+            piece = "(" + _random_regex(rng, depth + 1) + ")"
+        else:
+            piece = f"(?:{_random_regex(rng, depth + 1)}|{_random_regex(rng, depth + 1)})"
+        parts.append(piece)
+    return "".join(parts)
+
+
+def _sample(node: Node, rng: random.Random) -> bytes:
+    """A key that (often) matches: random walk over the translated AST."""
+    if isinstance(node, Lit):
+        return node.data
+    if isinstance(node, ByteSet):
+        members = [b for b in range(256) if node.bits >> b & 1]
+        likely = [b for b in members if b in b"aAb/\x00\n-d1_ \xe9\xc3\xa9x.\r"]
+        pool = likely if likely and rng.random() < 0.8 else members
+        return bytes([rng.choice(pool)]) if pool else b""
+    if isinstance(node, Seq):
+        return b"".join(_sample(item, rng) for item in node.items)
+    if isinstance(node, (Group, Atomic)):
+        return _sample(node.node, rng)
+    if isinstance(node, Repeat):
+        top = node.lo + 3 if node.hi is None else min(node.hi, node.lo + 3)
+        return b"".join(_sample(node.node, rng) for _ in range(rng.randint(node.lo, top)))
+    if hasattr(node, "branches"):
+        return _sample(rng.choice(node.branches), rng)
+    return b""
+
+
+def test_live_against_rust_oracle() -> None:
+    oracle = os.environ.get("CFSBOOT_RUST_REGEX_ORACLE")
+    if not oracle:
+        pytest.skip("set CFSBOOT_RUST_REGEX_ORACLE to the oracle binary described below")
+    rng = random.Random(int(os.environ.get("CFSBOOT_ORACLE_SEED", "1")))
+    for _ in range(200):
+        pattern = f"^({_random_regex(rng)}){rng.choice('.-d')}$"
+        try:
+            node, pcre = translate(pattern)
+            compiled = compile_selinux_regex(pattern)
+        except RegexDialectError:
+            node, pcre = Seq([]), True  # invalid for us: Rust must reject it too
+        keys = [_sample(node, rng) for _ in range(20)]
+        body = f"R\nP {pattern.encode().hex()}\n" + "".join(f"K {k.hex()}\n" for k in keys)
+        out = subprocess.run([oracle], input=body.encode(), capture_output=True,
+                             check=True).stdout.decode().splitlines()
+        assert out[0].startswith("X") == pcre, (pattern, out[0])
+        if pcre:
+            continue
+        for key, line in zip(keys, out[1:], strict=True):
+            assert compiled.matches(key) == (line == "0"), (pattern, key)
 
 
 # The oracle (Cargo dependency: regex-automata = { path = ".../regex-automata",

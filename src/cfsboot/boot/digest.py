@@ -79,13 +79,14 @@ def compute_composefs_digest(path: str, options: DigestOptions | None = None) ->
 
     cache = (HashCache.open(options.cache_dir, options.alg, DIGEST_SIZE[options.alg])
              if options.cache_dir else None)
-    salt = _fingerprint_salt(options)
+    salt = _fingerprint_salt(options) if cache is not None else b""
     before: TreeFingerprint | None = None
     if cache is not None and not options.need_tree and cache.has_results():
         before = fingerprint_tree(path, TreeFingerprint(salt))
         hit = cache.get_result(before.digest()) if before is not None else None
-        if hit is not None:
-            return _cached_result(hit, options, time.perf_counter() - t0)
+        cached = _cached_result(hit, options, time.perf_counter() - t0) if hit else None
+        if cached is not None:
+            return cached
 
     fingerprint = TreeFingerprint(salt) if cache is not None else None
     scan = scan_directory(path, ScanOptions(
@@ -129,12 +130,16 @@ def _fingerprint_salt(options: DigestOptions) -> bytes:
     return b"\n".join(parts)
 
 
-def _cached_result(hit: dict[str, Any], options: DigestOptions, seconds: float) -> DigestResult:
+def _cached_result(hit: dict[str, Any], options: DigestOptions,
+                   seconds: float) -> DigestResult | None:
+    """The recorded result, or None when the record is damaged (a miss)."""
     try:
         digest = bytes.fromhex(hit["digest"])
         counts = ScanCounts(**hit["counts"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise DigestError(f"damaged cache in {options.cache_dir}; remove it") from e
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(digest) != DIGEST_SIZE[options.alg]:
+        return None
     counts.bytes_hashed = 0
     counts.cache_hits = counts.external_files
     return DigestResult(digest, options.alg, options.format, None, counts,

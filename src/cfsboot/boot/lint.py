@@ -25,7 +25,7 @@ TRUNCATE = 5
 API_DIRS = ("dev", "proc", "sys", "run", "tmp", "var")
 PREPARE_ROOT = "usr/lib/ostree/prepare-root.conf"
 BASEIMAGE_DOC = "usr/share/doc/bootc/baseimage/base"
-STUB_RESOLV = "run/systemd/resolve/stub-resolv.conf"
+STUB_RESOLV = "/run/systemd/resolve/stub-resolv.conf"
 SYSUSERS_DIRS = ("usr/lib/sysusers.d", "etc/sysusers.d")
 
 

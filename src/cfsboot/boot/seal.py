@@ -42,6 +42,7 @@ ENTRIES_DIR = "boot/loader/entries"
 KERNEL_FILES = ("vmlinuz", "initramfs.img")
 BOOTUPD_PATHS = ("usr/bin/bootupctl", "usr/lib/bootupd/updates")
 OS_RELEASE_PATHS = ("usr/lib/os-release", "etc/os-release")
+STAGE_PREFIX = ".cfsboot-seal-"   # under /boot, which the boot transform empties
 
 
 class SealError(CfsError):
@@ -84,6 +85,24 @@ def _listdir(path: str) -> list[str]:
 
 def _lexists(path: str) -> bool:
     return os.path.lexists(path)
+
+
+def _lstat_opt(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def real_directory(rootfs: str, rel: str) -> bool:
+    """``rel`` is a directory inside ``rootfs`` reached without any symlink."""
+    d = rootfs
+    for part in rel.split("/"):
+        d = os.path.join(d, part)
+        st = _lstat_opt(d)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return False
+    return True
 
 
 def _is_regular(path: str) -> bool:
@@ -169,6 +188,9 @@ def check_prerequisites(rootfs: str, efi_arch: str = "x64") -> SealInputs:
         raise PrerequisiteError(f"more than one kernel in /{MODULES_DIR}: {', '.join(kvers)}; "
                                 "a sealed image has exactly one")
     kver = kvers[0]
+    if not real_directory(rootfs, f"{MODULES_DIR}/{kver}"):
+        raise PrerequisiteError(f"/{MODULES_DIR}/{kver} is reached through a symlink; "
+                                "the kernel directory must be a real directory")
     for name in KERNEL_FILES:
         rel = f"{MODULES_DIR}/{kver}/{name}"
         if not _lexists(os.path.join(rootfs, rel)):
@@ -264,7 +286,7 @@ class _SealTransaction:
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
     def stage_kernel(self) -> None:
-        self.stage = tempfile.mkdtemp(prefix=".cfsboot-seal-", dir=self.boot)
+        self.stage = tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=self.boot)
         for name in KERNEL_FILES:
             src = self.inputs.path(f"{self.inputs.kernel_dir}/{name}")
             dst = os.path.join(self.stage, name)
@@ -276,24 +298,25 @@ class _SealTransaction:
             self.moved.append((src, dst))
         self.restore_times()
 
-    def _mkdirs(self, directory: str) -> None:
-        missing = []
-        d = directory
-        while not os.path.isdir(d):
-            if _lexists(d):
-                raise SealError(f"{d} exists and is not a directory")
-            missing.append(d)
-            d = os.path.dirname(d)
-        self._remember_times(d)   # the existing ancestor gets new entries
-        for d in reversed(missing):
-            os.mkdir(d, 0o755)
-            self.created.append(d)
+    def _mkdirs(self, rel_dir: str) -> None:
+        """Create the missing directories of ``rel_dir``, never through a symlink (a
+        hostile tree could point /boot/EFI outside of itself)."""
+        d = self.inputs.rootfs
+        for part in rel_dir.split("/"):
+            parent, d = d, os.path.join(d, part)
+            st = _lstat_opt(d)
+            if st is None:
+                self._remember_times(parent)   # it gets a new entry
+                os.mkdir(d, 0o755)
+                self.created.append(d)
+            elif not stat.S_ISDIR(st.st_mode):
+                raise SealError(f"{d} is not a directory (or is a symlink)")
 
     def prepare(self, files: dict[str, bytes]) -> None:
         """Write each file under a temporary name next to its target, fsynced."""
         for rel, data in files.items():
             target = self.inputs.path(rel)
-            self._mkdirs(os.path.dirname(target))
+            self._mkdirs(os.path.dirname(rel))
             self._remember_times(os.path.dirname(target))
             fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.",
                                        suffix=".tmp", dir=os.path.dirname(target))
@@ -662,6 +685,10 @@ def verify_seal(rootfs: str, trusted: Sequence[x509.Certificate] | None = None, 
         check.problems += _signature_problems(rel, image, trusted, allow_unsigned)
     if len(sd_images) == 2 and sd_images[0] != sd_images[1]:
         check.problems.append("the two systemd-boot copies differ")
+    for name in _listdir(os.path.join(rootfs, "boot")):
+        if name.startswith(STAGE_PREFIX):
+            check.problems.append(f"/boot/{name} is left from an interrupted seal (it holds "
+                                  "the moved kernel; remove it once the seal verifies)")
     for kver in vmlinuz_dirs(rootfs):
         check.problems.append(f"/{MODULES_DIR}/{kver}/vmlinuz is still present "
                               "(the sealed layout removes it)")

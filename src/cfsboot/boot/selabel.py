@@ -307,6 +307,7 @@ def _read_opt(d: Directory, name: bytes, read_file: ReadFile) -> bytes | None:
     return read_file(leaf)
 
 
+# selabel_file(5) type codes of the key's last byte, per leaf content kind
 TYPE_BYTES: dict[type, bytes] = {
     Inline: b"-", External: b"-", Sparse: b"-", Symlink: b"l", CharDevice: b"c",
     BlockDevice: b"b", Fifo: b"p", Socket: b"s",
@@ -314,20 +315,8 @@ TYPE_BYTES: dict[type, bytes] = {
 
 
 def type_char(content: LeafContent) -> str:
-    match content:
-        case Inline() | External() | Sparse():
-            return "-"
-        case Symlink():
-            return "l"
-        case CharDevice():
-            return "c"
-        case BlockDevice():
-            return "b"
-        case Fifo():
-            return "p"
-        case Socket():
-            return "s"
-    raise TypeError(content)
+    """The type code (``-``, ``l``, ``c``, ``b``, ``p``, ``s``) of a leaf."""
+    return TYPE_BYTES[type(content)].decode()
 
 
 def _set_label(stat: Stat, label: bytes | None) -> None:

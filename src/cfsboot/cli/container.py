@@ -64,7 +64,8 @@ def register_compute_composefs_digest(sub: Subparsers) -> None:
                    help="skip the boot transform (boot entry checks, emptying /boot and "
                    "/sysroot, SELinux labels); the OCI transform still applies")
     p.add_argument("--json", action="store_true",
-                   help="print a JSON object (digest, format, hash, counts, time)")
+                   help="print a JSON object (digest, format, hash, counts, time in "
+                   "seconds per phase, cached)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="hashing threads (default: usable CPUs)")
     p.add_argument("--cache", metavar="DIR",
@@ -98,6 +99,7 @@ def run_compute_composefs_digest(args: argparse.Namespace) -> int:
             "hash": result.alg,
             "counts": vars(result.counts),
             "time": {k: round(v, 6) for k, v in result.timings.items()},
+            "cached": result.from_cache,  # the whole result came from --cache
         }
         print(json.dumps(report, indent=1))
     else:

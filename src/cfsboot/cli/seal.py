@@ -98,7 +98,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="kernel argument after composefs=, repeatable")
     b.add_argument("--allow-missing-verity", action="store_true",
                    help="write composefs=?<digest> (fs-verity optional: not sealed)")
-    b.add_argument("--kargs-arch", metavar="ARCH",
+    b.add_argument("--arch", dest="kargs_arch", metavar="ARCH",
                    help="architecture for kargs.d match-architectures (Rust names; default: "
                         "from --efi-arch)")
     b.add_argument("--stub", metavar="FILE", help="UKI stub (default: systemd's for --efi-arch)")
@@ -107,6 +107,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--ukify-layout", choices=LAYOUTS, default="257")
     b.add_argument("--sign-kernel", action=argparse.BooleanOptionalAction, default=None,
                    help="also sign the kernel PE (default: when it is an unsigned PE)")
+    b.add_argument("--cache", metavar="DIR",
+                   help="keep file digests in DIR for later runs (writable only by you)")
     _common(b)
     _signing_args(b, required=False)
     b.set_defaults(func=run_build)
@@ -167,7 +169,7 @@ def run_build(args: argparse.Namespace) -> int:
         signer=signer, extra_certs=_extra_certs(args), kargs=args.karg,
         allow_missing_verity=args.allow_missing_verity, efi_arch=args.efi_arch,
         kargs_arch=args.kargs_arch, stub_path=args.stub, layout=args.ukify_layout,
-        sign_kernel=args.sign_kernel, threads=args.threads)
+        sign_kernel=args.sign_kernel, threads=args.threads, cache_dir=args.cache)
     if args.external_signing:
         m = seal.seal_external(args.rootfs, args.external_signing, options)
         _emit(args, {"manifest": json.loads(m.to_json())}, [

@@ -2,13 +2,16 @@
 
 ``check_image`` first decodes the whole image with the reader (every bounds,
 name, loop and nlink rule; the first fatal problem stops there), then walks
-the raw structures again for the invariants a reader can live without but the
-kernel or the composefs writers rely on:
+the raw structures again (same decoded caches) for the invariants a reader can
+live without but the kernel or the composefs writers rely on.  A clean result
+implies erofs-utils ``fsck.erofs`` accepts the image too (tested on mutated
+images):
 
 * superblock: block count, inode count, root inode placement;
-* dirent file types agree with the inodes they point to;
+* dirent file types agree with the inodes they point to ('.'/'..': directory);
 * inline tails do not cross a block boundary (the kernel refuses such inodes:
-  "inline data cross block boundary"), and in V0/V1 fast symlinks fit in one
+  "inline data cross block boundary"; an inline layout whose size is a
+  multiple of 4096 is such a case), and in V0/V1 fast symlinks fit in one
   block with their inode (kernels before 6.12; composefs-rs
   ``validate_v1_inline_layout``);
 * the xattr name bloom filter does not hide a stored xattr;

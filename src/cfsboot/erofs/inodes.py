@@ -6,10 +6,13 @@ markers), inode order (BFS for V0/V1, DFS for V2), hard links, directory
 entry blocks, leaf data/tail sizes and xattr sharing.  Byte placement is in
 ``layout.py``.
 
-``Options.c_compat`` switches the few places where C mkcomposefs differs from
-composefs-rs (spec section 11): replacing duplicate xattr names, escaping
-every user whiteout, the stored nlink, size-0 external files, the chunk
-limit and the 128 shared references per inode.
+``Options.c_compat`` switches the places where C mkcomposefs differs from
+composefs-rs (spec section 11): duplicate xattr names are replaced (with C's
+size budget, see ``_c_set_xattr``), every user whiteout is escaped, nlink
+comes from ``Leaf.nlink``, a hard-linked inode is placed at ``Leaf.primary``,
+device sizes (``Leaf.c_size``) count for compact vs extended, size-0
+external files are plain empty files, more than 1024 chunks are refused, at
+most 128 shared xattrs per inode, the ACL flag tests exact names.
 """
 
 from __future__ import annotations
@@ -127,12 +130,18 @@ class _XattrAdder:
         self.use_lustre = not opts.epoch1
         self.replace = opts.c_compat
 
-    def add(self, inode: Inode, name: bytes, value: bytes) -> None:
+    def add_own(self, inode: Inode, name: bytes, value: bytes) -> None:
+        """One of the node's own (stat) xattrs: names are already unique."""
         suffix = split_name(name, self.use_lustre)[1]
         if len(suffix) > 255:
             raise ErofsWriteError(f"xattr name too long: {name!r}")
         if len(value) > 0xFFFF:
             raise ErofsWriteError(f"xattr value too long ({len(value)} bytes) for {name!r}")
+        inode.bloom |= _bloom_bit(name, self.use_lustre)
+        inode.xattrs.append((name, value))
+
+    def add(self, inode: Inode, name: bytes, value: bytes) -> None:
+        """An xattr the writer adds (overlay metacopy/redirect, markers)."""
         inode.bloom |= _bloom_bit(name, self.use_lustre)
         if self.replace:
             _c_set_xattr(inode, name, value)
@@ -228,7 +237,7 @@ class Collector:
         for name, value in sorted(stat.xattrs.items()):
             if name.startswith(fmt.OVERLAY_PREFIX):
                 name = fmt.OVERLAY_ESCAPED_PREFIX + name[len(fmt.OVERLAY_PREFIX):]
-            self.xattrs.add(inode, name, value)
+            self.xattrs.add_own(inode, name, value)
 
     def _new_dir(self, d: Directory) -> int:
         if d in self.seen_dirs:  # would loop forever or duplicate a subtree
@@ -256,6 +265,10 @@ class Collector:
         c = leaf.content
         nlink = leaf.nlink if opts.c_compat and leaf.nlink is not None else count
         inode = Inode(INLINE, leaf.stat, nlink=nlink)
+        # Order matters only for C's replace-and-budget rule (V0/V1 sort later):
+        # C's node has its own xattrs before the writer adds any.
+        if opts.c_compat:
+            self._add_stat_xattrs(inode, leaf.stat)
         add = self.xattrs.add
         kind = type(c)  # exact-type dispatch: this runs once per leaf
         if kind is Inline:
@@ -290,7 +303,8 @@ class Collector:
             raise TypeError(f"unknown leaf content {c!r}")
         if opts.c_compat and leaf.c_size and inode.kind in (CHRDEV, BLKDEV, FIFO, SOCKET):
             inode.c_size = leaf.c_size
-        self._add_stat_xattrs(inode, leaf.stat)
+        if not opts.c_compat:  # composefs-rs: overlay xattrs first (V2 keeps this order)
+            self._add_stat_xattrs(inode, leaf.stat)
         self._initial_tail(inode, c)
         return inode
 

@@ -239,11 +239,6 @@ class RawDirent(NamedTuple):
     file_type: int
 
 
-_TYPE_NAMES = {S_IFREG: "regular file", S_IFDIR: "directory", S_IFLNK: "symlink",
-               S_IFCHR: "character device", S_IFBLK: "block device", S_IFIFO: "fifo",
-               S_IFSOCK: "socket"}
-
-
 class ErofsImage:
     """Bounds-checked access to the structures of one image.
 

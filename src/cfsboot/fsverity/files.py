@@ -9,10 +9,10 @@ Parallelism uses forked worker processes, not threads.  fs-verity hashes every
 4096-byte block separately, so a thread drops and retakes the GIL twice per
 block; with two threads the waiting one keeps losing the handoff and the pair
 took 1.6-2.3x the time of plain hashing on the same threads (bench/fsverity.py
---with-threads), while processes scale like the floor.  Forked workers inherit
-the path list, take the next index from a counter in shared memory, write
-digests into shared memory and report finished indices in batches over a pipe,
-so the per-file cost is a few microseconds.
+--with-threads), while processes scale like the floor.  The parent pulls paths
+from the caller lazily, writes them to a task pipe shared by the workers and
+collects batched reports from each worker's own pipe, so walking a tree can
+overlap hashing it, and the cost per file is a few microseconds.
 """
 
 from __future__ import annotations
@@ -346,17 +346,17 @@ class _ForkedPool:
             if outbox:
                 with contextlib.suppress(BlockingIOError):
                     del outbox[: os.write(self._task_w, outbox)]
-            if exhausted and not outbox and self._task_w >= 0:
-                os.close(self._task_w)  # workers finish the queue, then see EOF
-                self._task_w = -1
-            if exhausted and in_flight == 0:
-                return
-            if bool(outbox) != watching_pipe:
+            if bool(outbox) != watching_pipe:  # wake up for pipe space only if needed
                 watching_pipe = bool(outbox)
                 if watching_pipe:
                     poller.register(self._task_w, select.POLLOUT)
                 else:
                     poller.unregister(self._task_w)
+            if exhausted and not outbox and self._task_w >= 0:
+                os.close(self._task_w)  # workers finish the queue, then see EOF
+                self._task_w = -1
+            if exhausted and in_flight == 0:
+                return
             for fd, _ in poller.poll():
                 conn = by_fd.get(fd)
                 if conn is None:

@@ -41,21 +41,27 @@ class MountOptions:
 def mount_image(repo: Repository, name: str, mountpoint: str,
                 options: MountOptions | None = None) -> None:
     """Mount image ``name`` (hex digest, bare ref name or ``refs/…``) at ``mountpoint``."""
+    if not os.path.isdir(mountpoint):
+        raise CfsError(f"mount point {mountpoint} is not a directory")
+    mnt = mount_detached(repo, name, options)
+    try:
+        sysapi.move_mount_to(mnt, os.path.realpath(mountpoint))
+    finally:
+        os.close(mnt)
+
+
+def mount_detached(repo: Repository, name: str, options: MountOptions | None = None) -> int:
+    """The composefs mount of image ``name`` as a detached mount fd (attach it
+    with ``sysapi.move_mount_to``; closing the fd unattached discards it)."""
     options = options or MountOptions()
     if (options.upperdir is None) != (options.workdir is None):
         raise CfsError("--upperdir and --workdir must be given together")
     if options.read_write and options.upperdir is None:
         raise CfsError("--read-write needs --upperdir and --workdir")
-    if not os.path.isdir(mountpoint):
-        raise CfsError(f"mount point {mountpoint} is not a directory")
     image_fd, _, digest = repo.open_image(name)
     try:
         want_verity = _verify_image(repo, name, image_fd, digest)
-        mnt = _overlay(repo, name, image_fd, want_verity, options)
-        try:
-            sysapi.move_mount_to(mnt, os.path.realpath(mountpoint))
-        finally:
-            os.close(mnt)
+        return _overlay(repo, name, image_fd, want_verity, options)
     finally:
         os.close(image_fd)
 
@@ -95,7 +101,7 @@ def _overlay(repo: Repository, name: str, image_fd: int, want_verity: bool,
                 fds.append(_open_dir(options.workdir, "--workdir"))
             fs = sysapi.fsopen("overlay")
             try:
-                _overlay_config(fs, name, fds[0], fds[1], want_verity, options, fds[2:])
+                _overlay_config(fs, name, fds[0], fds[1], want_verity, fds[2:])
                 return sysapi.fsmount(fs, 0 if options.read_write
                                       else sysapi.MOUNT_ATTR_RDONLY)
             except OSError as e:
@@ -115,7 +121,7 @@ def _overlay(repo: Repository, name: str, image_fd: int, want_verity: bool,
 
 
 def _overlay_config(fs: int, name: str, layer: int, objects: int, want_verity: bool,
-                    options: MountOptions, upper_work: list[int]) -> None:
+                    upper_work: list[int]) -> None:
     sysapi.fsconfig_string(fs, "source", f"composefs:{name}")
     sysapi.fsconfig_string(fs, "metacopy", "on")
     sysapi.fsconfig_string(fs, "redirect_dir", "on")

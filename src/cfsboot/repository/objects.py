@@ -18,6 +18,7 @@ import errno
 import os
 import secrets
 import string
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -77,21 +78,23 @@ class ObjectStore:
         self.alg = alg
         self.insecure = insecure
         self._objects_fd: int | None = None
+        self._open_lock = threading.Lock()
 
     # -- directories ------------------------------------------------------------
 
     @property
     def objects_fd(self) -> int:
-        if self._objects_fd is None:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir("objects", 0o755, dir_fd=self.repo_fd)
-            fd = os.open("objects", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
-                         dir_fd=self.repo_fd)
-            if self._objects_fd is None:  # another thread may have won the race
-                self._objects_fd = fd
-            else:
-                os.close(fd)
-        return self._objects_fd
+        fd = self._objects_fd
+        if fd is None:
+            with self._open_lock:
+                if self._objects_fd is None:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir("objects", 0o755, dir_fd=self.repo_fd)
+                    self._objects_fd = os.open(
+                        "objects", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                        dir_fd=self.repo_fd)
+                fd = self._objects_fd
+        return fd
 
     def close(self) -> None:
         if self._objects_fd is not None:
@@ -170,7 +173,8 @@ class ObjectStore:
         sub = self._ensure_subdir(digest)
         tmp = self._open_tmpfile(sub)
         try:
-            _write_all(tmp.fd, data)  # type: ignore[arg-type]
+            assert tmp.fd is not None
+            _write_all(tmp.fd, data)
             ro = [tmp.reopen_ro()]
             try:
                 self._enable_and_check(ro, digest)

@@ -122,7 +122,11 @@ class Repository:
         if insecure:
             repo.set_insecure()
         if require_verity:
-            repo.require_verity()
+            try:
+                repo.require_verity()
+            except BaseException:
+                repo.close()
+                raise
         return repo
 
     @classmethod

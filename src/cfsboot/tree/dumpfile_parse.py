@@ -105,10 +105,7 @@ def _is_canonical(p: bytes) -> bool:
 def canonical_path(field: bytes) -> bytes:
     """``unescape_to_path_canonical``: absolute, no empty, ``.`` or ``..`` component."""
     if (field[:1] == b"/" and b"\\" not in field and b"\0" not in field
-            and len(field) <= PATH_MAX
-            and (field == b"/" or (b"//" not in field and b"/./" not in field
-                                   and b"/../" not in field
-                                   and not field.endswith((b"/", b"/.", b"/.."))))):
+            and len(field) <= PATH_MAX and _is_canonical(field)):
         return field  # the common case, checked without a Python loop
     p = unescape_path(field)
     if p[:1] != b"/":
@@ -163,7 +160,7 @@ class _RsBuilder:
 
     def add_line(self, line: bytes, lineno: int) -> None:
         m = _PLAIN_LINE.fullmatch(line)
-        if m is not None:
+        if m is not None:  # fast path; anything unusual takes the general one below
             path, size_f, mode_f, nlink_f, uid_f, gid_f, rdev_f, sec_f, nsec_f = m.groups()
             size, mode, nlink = int(size_f), int(mode_f, 8), int(nlink_f)
             uid, gid, rdev = int(uid_f), int(gid_f), int(rdev_f)
@@ -175,11 +172,8 @@ class _RsBuilder:
                 fields = line[m.end(9) + 1:].split(b" ")
                 xattrs = parse_xattrs(fields[3:]) if len(fields) > 3 else {}
                 stat = Stat(mode & 0o7777, uid, gid, sec, nsec, xattrs)
-                node = self._node(mode & S_IFMT, stat, fields, size, nlink, rdev, -8)
-                if isinstance(node, Leaf):
-                    self.leaves_by_path[path] = node
-                    self.leaf_line[node] = lineno
-                self._insert(path, node)
+                self._add(path, self._node(mode & S_IFMT, stat, fields, size, nlink, rdev,
+                                           -PAYLOAD), lineno)
                 return
         fields = line.split(b" ")
         path = canonical_path(fields[PATH])
@@ -204,6 +198,9 @@ class _RsBuilder:
         if path == b"/":
             self.root.stat = stat
             return
+        self._add(path, node, lineno)
+
+    def _add(self, path: bytes, node: Directory | Leaf, lineno: int) -> None:
         if isinstance(node, Leaf):
             self.leaves_by_path[path] = node
             self.leaf_line[node] = lineno
@@ -259,6 +256,7 @@ class _RsBuilder:
 
     def _node(self, ftype: int, stat: Stat, fields: list[bytes], size: int, nlink: int,
               rdev: int, shift: int = 0) -> Directory | Leaf:
+        """The entry's node; ``fields[PAYLOAD + shift]`` is the PAYLOAD field."""
         payload = fields[PAYLOAD + shift]
         content = fields[CONTENT + shift]
         digest = fields[DIGEST + shift]

@@ -75,23 +75,16 @@ import re
 from cfsboot.tree.dumpfile_base import (
     CONTENT,
     DIGEST,
-    GID,
     MAX_CHUNKED_SIZE,
     MODE,
-    MTIME,
     N_FIXED,
-    NLINK,
     PAYLOAD,
-    RDEV,
-    SIZE,
     U32_MAX,
     U64_MAX,
-    UID,
     DumpfileError,
     LineError,
+    fixed_numbers,
     numbered_lines,
-    parse_dec,
-    parse_mtime,
     parse_oct,
     show,
 )
@@ -235,12 +228,9 @@ class _CBuilder:
 
     def _node(self, ftype: int, mode: int, fields: list[bytes],
               xattr_part: bytes) -> Directory | Leaf:
-        size = parse_dec(fields[SIZE], U64_MAX, "size")
-        nlink = parse_dec(fields[NLINK], U64_MAX, "nlink") & U32_MAX
-        uid = parse_dec(fields[UID], U64_MAX, "uid") & U32_MAX
-        gid = parse_dec(fields[GID], U64_MAX, "gid") & U32_MAX
-        rdev = parse_dec(fields[RDEV], U64_MAX, "rdev")
-        sec, nsec = parse_mtime(fields[MTIME])
+        size, nlink, uid, gid, rdev, sec, nsec = fixed_numbers(fields, U64_MAX)
+        # lcfs_node_set_nlink/uid/gid take a uint32_t
+        nlink, uid, gid = nlink & U32_MAX, uid & U32_MAX, gid & U32_MAX
         payload = unescape_optional(fields[PAYLOAD])
         content = unescape_optional(fields[CONTENT])
         if content is not None and len(content) != size:

@@ -290,11 +290,11 @@ class _Scanner:
                 if size != job.st.st_size:
                     raise ScanError(f"{_shown(job.path)} changed size while scanning "
                                     f"({job.st.st_size} -> {size} bytes)")
-            except OSError as e:
-                raise ScanError(f"cannot read {_shown(job.path)}: {e.strerror}") from e
-            except BaseException:
+            except BaseException as e:
                 if pending is not None:
-                    pending.abort()
+                    pending.abort()  # never leave a partial object behind
+                if isinstance(e, OSError):
+                    raise ScanError(f"cannot read {_shown(job.path)}: {e.strerror}") from e
                 raise
             if pending is not None:
                 pending.commit(digest)
