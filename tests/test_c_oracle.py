@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import trees
 
 from cfsboot.cli.main import main as cfsboot_main
 from cfsboot.erofs.writer import c_effective_version, mkfs_erofs
 from cfsboot.tree.dumpfile import parse_dumpfile, write_dumpfile
 from cfsboot.tree.model import Directory, External, Leaf, walk
-from strategies import trees
 
 ORACLE = Path(os.environ.get("CFSBOOT_C_ORACLE", "/var/cache/cfsboot-forky"))
 

@@ -16,6 +16,7 @@ from conftest import TREE_VECTORS, need_root, need_tool
 
 from cfsboot.boot import authenticode, keys, seal, uki
 from cfsboot.cli.main import main
+from cfsboot.errors import CfsError
 
 KVER = "6.1.0-sample"
 SD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
@@ -360,8 +361,15 @@ def test_symlinked_efi_dir_is_refused(sample: Path, tmp_path: Path) -> None:
     outside.mkdir()
     (sample / "boot/EFI").symlink_to(outside)
     before = snapshot(sample)
-    with pytest.raises(seal.SealError, match="is not a directory"):
+    with pytest.raises(CfsError, match="'EFI' is not a subdirectory"):   # the digest's check
         seal.seal(str(sample))
+    assert snapshot(sample) == before and os.listdir(outside) == []
+    # ... and the writer's own check, in case the digest ever accepted it
+    inputs = seal.check_prerequisites(str(sample))
+    tx = seal._SealTransaction(inputs)
+    with pytest.raises(seal.SealError, match="is not a directory"):
+        tx.prepare({"boot/EFI/Linux/x.efi": b"x"})
+    tx.rollback()
     assert snapshot(sample) == before and os.listdir(outside) == []
 
 

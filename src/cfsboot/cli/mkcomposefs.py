@@ -44,16 +44,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="make a composefs image from a directory or a dumpfile",
         description="Make a composefs EROFS image, compatible with C mkcomposefs "
         "(default) or composefs-rs (--format/--hash).")
-    p.add_argument("source", metavar="SOURCE", help="directory, or dumpfile with --from-file ('-' = stdin)")
+    p.add_argument("source", metavar="SOURCE",
+                   help="directory, or dumpfile with --from-file ('-' = stdin)")
     p.add_argument("image", metavar="IMAGE", nargs="?", help="output image, '-' for stdout")
     p.add_argument("--from-file", action="store_true", help="SOURCE is a dumpfile")
-    p.add_argument("--min-version", type=int, metavar="N", help="minimal format version (C: default 0)")
-    p.add_argument("--max-version", type=int, metavar="N", help="maximal format version (C: default 1)")
+    p.add_argument("--min-version", type=int, metavar="N",
+                   help="minimal format version (C: default 0)")
+    p.add_argument("--max-version", type=int, metavar="N",
+                   help="maximal format version (C: default 1)")
     p.add_argument("--format", type=int, choices=(0, 1, 2),
                    help="composefs-rs EROFS format version (selects composefs-rs semantics)")
     p.add_argument("--hash", choices=("sha256", "sha512"),
-                   help="fs-verity hash of object ids and the digest (selects composefs-rs semantics)")
-    p.add_argument("--digest-store", metavar="DIR", help="copy file contents into DIR/xx/rest")
+                   help="fs-verity hash of object ids and the digest "
+                   "(selects composefs-rs semantics)")
+    p.add_argument("--digest-store", metavar="DIR",
+                   help="copy file contents into DIR/xx/rest")
     p.add_argument("--print-digest", action="store_true", help="print the image digest")
     p.add_argument("--print-digest-only", action="store_true",
                    help="print the image digest, don't write the image")
@@ -78,8 +83,8 @@ def choose_mode(args: argparse.Namespace) -> Mode:
         lo = args.min_version or 0
         hi = max(args.max_version or 0, lo)
     if not 0 <= lo <= C_MAX_SUPPORTED_VERSION or not 0 <= hi <= C_MAX_SUPPORTED_VERSION:
-        raise CfsError(f"unsupported format version (C mkcomposefs knows 0..{C_MAX_SUPPORTED_VERSION};"
-                       " use --format 2 for composefs-rs V2)")
+        raise CfsError("unsupported format version (C mkcomposefs knows "
+                       f"0..{C_MAX_SUPPORTED_VERSION}; use --format 2 for composefs-rs V2)")
     return Mode(True, "sha256", lo, hi)
 
 

@@ -91,12 +91,14 @@ def split_tar(repo: Repository, src: BinaryIO, *,
         if len(first) != BLOCK:
             raise TarError("tar archive is truncated (partial header block)")
         buf = first
-        while True:
-            result = parse_chain(buf)
-            if not isinstance(result, NeedMore):
+        while isinstance(result := parse_chain(buf), NeedMore):
+            more = inp.read(result.total - len(buf))
+            if not more and buf == bytes(BLOCK):
+                result = EndOfArchive()  # one lone zero block, then EOF
                 break
-            buf += inp.read_exact(result.total - len(buf)) if result.total - len(buf) > BLOCK \
-                else _next_block(inp, buf)
+            if len(buf) + len(more) != result.total:
+                raise TarError("tar archive is truncated (unexpected end of data)")
+            buf += more
         if isinstance(result, EndOfArchive):
             inline(buf)
             while rest := inp.read(PIECE):
@@ -115,20 +117,7 @@ def split_tar(repo: Repository, src: BinaryIO, *,
             inline(inp.read_exact(padded - size))
         else:
             _check_supported(member.typeflag, member.path)
-            if padded > 1 << 20:
-                raise TarError(f"tar entry {member.path.decode('utf-8', 'backslashreplace')}"
-                               f" of type '{chr(member.typeflag)}' carries {size} bytes "
-                               "of data")
             inline(inp.read_exact(padded))
-
-
-def _next_block(inp: _Input, buf: bytes) -> bytes:
-    block = inp.read(BLOCK)
-    if not block and buf.endswith(bytes(BLOCK)) and len(buf) == BLOCK:
-        return b""  # never reached: a lone zero block at EOF is handled by the caller
-    if len(block) != BLOCK:
-        raise TarError("tar archive is truncated (unexpected end of data)")
-    return block
 
 
 def _check_supported(typeflag: int, path: bytes) -> None:

@@ -1,0 +1,129 @@
+"""`cfsboot mkcomposefs` as a drop-in for C mkcomposefs and composefs-rs, over
+every public vector, plus its error handling."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cfsboot.cli.main import main
+from conftest import RS_VECTORS, VECTORS, load_json, need_vectors
+
+
+def c_cases() -> list[dict[str, Any]]:
+    if not (VECTORS / "vectors.json").exists():
+        return []
+    return [c for c in load_json(VECTORS / "vectors.json")["cases"] if not c.get("must_fail")]
+
+
+def rs_cases() -> list[dict[str, Any]]:
+    if not (RS_VECTORS / "vectors.json").exists():
+        return []
+    return list(load_json(RS_VECTORS / "vectors.json")["cases"])
+
+
+def fail_inputs() -> list[str]:
+    if not (VECTORS / "vectors.json").exists():
+        return []
+    return [c["input"] for c in load_json(VECTORS / "vectors.json")["cases"] if c.get("must_fail")]
+
+
+@pytest.mark.parametrize("case", c_cases(), ids=lambda c: f"{c['input']}-{c['format']}"
+                         f"-max{c['max_version']}")
+def test_c_vector(case: dict[str, Any], tmp_path: Path,
+                  capsys: pytest.CaptureFixture[str]) -> None:
+    need_vectors()
+    out = tmp_path / "out.cfs"
+    args = [a for a in case["mkcomposefs_args"] if a != "--from-file"]
+    rc = main(["mkcomposefs", "--from-file", *args, "--print-digest",
+               str(VECTORS / case["input"]), str(out)])
+    assert rc == 0
+    data = out.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == case["image_sha256"]
+    assert capsys.readouterr().out.strip() == case["fsverity_sha256"]
+
+
+@pytest.mark.parametrize("case", rs_cases(),
+                         ids=lambda c: f"{c['input']}-{c['object_id_algorithm']}"
+                         f"-v{c['erofs_format']}")
+def test_rs_vector(case: dict[str, Any], tmp_path: Path,
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    need_vectors()
+    out = tmp_path / "out.erofs"
+    alg = case["object_id_algorithm"]
+    rc = main(["mkcomposefs", "--from-file", "--format", str(case["erofs_format"]),
+               "--hash", alg, "--print-digest", str(RS_VECTORS / case["input"]), str(out)])
+    assert rc == 0
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == case["image_sha256"]
+    assert capsys.readouterr().out.strip() == case[f"fsverity_{alg}"]
+
+
+@pytest.mark.parametrize("name", fail_inputs())
+def test_should_fail_leaves_no_image(name: str, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    need_vectors()
+    out = tmp_path / "out.cfs"
+    for extra in ([], ["--min-version=1"]):
+        assert main(["mkcomposefs", "--from-file", *extra, str(VECTORS / name), str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("cfsboot: ") and err.count("\n") == 1, err
+        assert os.listdir(tmp_path) == []
+
+
+def test_print_digest_only_writes_nothing(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    need_vectors()
+    case = next(c for c in c_cases() if c["input"] == "special.dump" and c["format"] == "v0"
+                and c["max_version"] == 1)
+    assert main(["mkcomposefs", "--from-file", "--print-digest-only",
+                 str(VECTORS / "special.dump")]) == 0
+    assert capsys.readouterr().out.strip() == case["fsverity_sha256"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--from-file", "/nonexistent.dump", "x"], "No such file"),
+    (["--from-file", "--print-digest-only", "a", "b"], "--print-digest-only"),
+    (["--from-file", "a"], "no output image"),
+    (["--max-version=2", "--from-file", "a", "b"], "unsupported format version"),
+    (["--skip-xattrs", "--user-xattrs", "a", "b"], "conflict"),
+    (["/nonexistent-dir", "b"], "not a directory"),
+])
+def test_errors_are_one_line(argv: list[str], message: str, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    os.chdir(tmp_path)
+    assert main(["mkcomposefs", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "x").exists()
+
+
+def test_unwritable_output_is_one_line(tmp_path: Path) -> None:
+    need_vectors()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cfsboot", "mkcomposefs", "--from-file",
+         str(VECTORS / "special.dump"), str(tmp_path / "missing-dir" / "out.cfs")],
+        capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("cfsboot: ") and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_directory_with_digest_store(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "small").write_bytes(b"tiny")
+    big = b"0123456789" * 1000
+    (src / "sub" / "big").write_bytes(big)
+    store = tmp_path / "store"
+    assert main(["mkcomposefs", f"--digest-store={store}", str(src),
+                 str(tmp_path / "img.cfs")]) == 0
+    from cfsboot.fsverity import fsverity_digest
+    digest = fsverity_digest(big, "sha256").hex()
+    assert (store / digest[:2] / digest[2:]).read_bytes() == big
+    assert [p.name for p in store.rglob("*") if p.is_file()] == [digest[2:]]
