@@ -108,3 +108,22 @@ def test_read_error_mid_file_leaves_nothing(tmp_path: Path, use_tmpfile: bool) -
             scan_directory(str(src), ScanOptions(
                 sink=FlatDigestStore(str(store_dir), use_tmpfile=use_tmpfile)))
     assert stored_objects(store_dir) == {}
+
+
+def test_verity_is_enabled_where_possible(tmp_path: Path) -> None:
+    from cfsboot.fsverity import measure_verity
+
+    src, store_dir = tmp_path / "src", tmp_path / "store"
+    src.mkdir()
+    make_tree(src)
+    store = FlatDigestStore(str(store_dir))
+    result = scan_directory(str(src), ScanOptions(sink=store))
+    assert len(stored_objects(store_dir)) == 3
+    if not store.try_verity:
+        return  # no fs-verity on this filesystem: asked once, objects stored anyway
+    for digest in result.sources:
+        fd = os.open(store.path_of(digest), os.O_RDONLY)
+        try:
+            assert measure_verity(fd) == ("sha512", digest)
+        finally:
+            os.close(fd)

@@ -10,7 +10,8 @@ objects live at ``DIR/xx/rest`` (``object_path``), with no ``objects/`` level.
 An object only ever appears under its final name complete: it is written to an
 anonymous (``O_TMPFILE``) or hidden temporary file in ``DIR`` and linked into
 place; if the name already exists, the existing object is kept (same digest,
-same content).  Objects are not fsynced one by one — ``flush()`` syncs the
+same content).  As C mkcomposefs does, fs-verity is enabled on new objects
+where the filesystem supports it.  Objects are not fsynced one by one — ``flush()`` syncs the
 whole filesystem once, which is what makes a store of 10⁵ objects affordable.
 """
 
@@ -24,9 +25,12 @@ import secrets
 from typing import Protocol
 
 from cfsboot.errors import CfsError
+from cfsboot.fsverity import VerityUnsupported, enable_verity
 from cfsboot.tree.model import object_path
 
 Buffer = bytes | bytearray | memoryview
+
+_ALG_BY_SIZE = {32: "sha256", 64: "sha512"}
 
 
 class PendingObject(Protocol):
@@ -63,7 +67,8 @@ _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}
 class FlatDigestStore:
     """``DIR/xx/rest`` objects, like C ``mkcomposefs --digest-store``."""
 
-    def __init__(self, directory: str, *, use_tmpfile: bool = True) -> None:
+    def __init__(self, directory: str, *, use_tmpfile: bool = True,
+                 enable_verity: bool = True) -> None:
         if os.path.lexists(directory) and not os.path.isdir(directory):
             raise DigestStoreError(f"digest store {directory} is not a directory")
         try:
@@ -73,6 +78,7 @@ class FlatDigestStore:
                 f"cannot create digest store {directory}: {e.strerror}") from e
         self.directory = directory
         self._use_tmpfile = use_tmpfile and _O_TMPFILE != 0
+        self.try_verity = enable_verity  # cleared once the filesystem says no
 
     def path_of(self, digest: bytes) -> str:
         return os.path.join(self.directory, os.fsdecode(object_path(digest)))
@@ -127,6 +133,11 @@ class _PendingFile:
 
     def commit(self, digest: bytes) -> None:
         final = self._store.path_of(digest)
+        if os.path.exists(final):
+            self.abort()  # the same content is already stored under this digest
+            return
+        if self._store.try_verity:
+            self._enable_verity(_ALG_BY_SIZE.get(len(digest), "sha256"))
         try:
             os.makedirs(os.path.dirname(final), exist_ok=True)
             if self._tmpname is None:
@@ -142,6 +153,23 @@ class _PendingFile:
             raise DigestStoreError(f"cannot store object {final}: {e.strerror}") from e
         finally:
             self.abort()
+
+    def _enable_verity(self, alg: str) -> None:
+        """Best effort, as C mkcomposefs: reopen read-only (verity needs no
+        writers), enable; a filesystem without fs-verity is not asked again."""
+        source = self._tmpname or f"/proc/self/fd/{self._fd}"
+        try:
+            ro = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        os.close(self._fd)
+        self._fd = ro  # keeps an O_TMPFILE inode alive (and linkable)
+        try:
+            enable_verity(ro, alg)
+        except VerityUnsupported:
+            self._store.try_verity = False
+        except (CfsError, OSError):
+            pass  # e.g. verity already enabled differently: the object is still valid
 
     def abort(self) -> None:
         if self._fd >= 0:

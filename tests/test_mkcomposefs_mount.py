@@ -1,0 +1,83 @@
+"""The kernel reads back what `cfsboot mkcomposefs --digest-store` wrote: the
+EROFS image mounted as the metadata layer, the digest store as overlayfs's
+data-only lower layer (as composefs mounts), every file's content and metadata
+as in the source directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cfsboot.cli.main import main
+from conftest import need_root
+
+
+def _mount(args: list[str]) -> None:
+    proc = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"mount {' '.join(args)} failed: {proc.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def mounted(image: Path, store: Path, work: Path) -> Iterator[Path]:
+    meta, merged = work / "meta", work / "merged"
+    meta.mkdir()
+    merged.mkdir()
+    _mount(["-t", "erofs", "-o", "ro,loop", str(image), str(meta)])
+    try:
+        _mount(["-t", "overlay", "overlay", "-o",
+                f"ro,metacopy=on,redirect_dir=on,lowerdir={meta}::{store}", str(merged)])
+        try:
+            yield merged
+        finally:
+            subprocess.run(["umount", str(merged)], check=True)
+    finally:
+        subprocess.run(["umount", str(meta)], check=True)
+
+
+def make_source(src: Path) -> None:
+    (src / "usr/bin").mkdir(parents=True)
+    (src / "etc").mkdir()
+    (src / "usr/bin/tool").write_bytes(b"#!/bin/sh\necho tool\n" * 100)
+    (src / "usr/bin/tool").chmod(0o755)
+    (src / "usr/bin/tiny").write_bytes(b"x" * 64)
+    (src / "usr/bin/small").write_bytes(b"y" * 65)
+    (src / "usr/lib").mkdir()
+    (src / "usr/lib/big").write_bytes(os.urandom(3 << 20))
+    (src / "usr/lib/empty").write_bytes(b"")
+    (src / "etc/hostname").write_bytes(b"host\n")
+    os.symlink("../usr/bin/tool", src / "etc/tool-link")
+    os.setxattr(src / "usr/bin/tool", "user.note", b"kept")
+    os.chown(src / "etc/hostname", 1000, 1001)
+
+
+def test_digest_store_overlay_reads_back(tmp_path: Path) -> None:
+    need_root()
+    src, store = tmp_path / "src", tmp_path / "store"
+    make_source(src)
+    image = tmp_path / "img.cfs"
+    assert main(["mkcomposefs", f"--digest-store={store}", str(src), str(image)]) == 0
+    with mounted(image, store, tmp_path) as merged:
+        seen = []
+        for dirpath, dirs, files in os.walk(src):
+            rel = Path(dirpath).relative_to(src)
+            for name in sorted(dirs + files):
+                a, b = src / rel / name, merged / rel / name
+                sa, sb = os.lstat(a), os.lstat(b)
+                assert (sa.st_mode, sa.st_uid, sa.st_gid) == \
+                    (sb.st_mode, sb.st_uid, sb.st_gid), rel / name
+                if not a.is_dir():  # directory sizes are the filesystem's own
+                    assert sa.st_size == sb.st_size, rel / name
+                assert sa.st_mtime_ns == sb.st_mtime_ns
+                if a.is_symlink():
+                    assert os.readlink(a) == os.readlink(b)
+                elif a.is_file():
+                    assert a.read_bytes() == b.read_bytes(), rel / name
+                    assert os.listxattr(b) == os.listxattr(a)
+                seen.append(str(rel / name))
+        assert len(seen) == 11  # 4 directories, 7 leaves
