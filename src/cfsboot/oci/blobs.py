@@ -151,8 +151,6 @@ class _Guarded(io.RawIOBase):
         try:
             return self._inner.read(n)
         except (OSError, EOFError, zlib.error, zstandard.ZstdError) as e:
-            if isinstance(e, BlobError):
-                raise
             raise BlobError(f"corrupt {self._kind} layer data: {e}") from None
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]

@@ -104,7 +104,7 @@ class OciLayout:
         except FileNotFoundError:
             raise LayoutError(f"{self.path}: not an OCI layout (no index.json)") from None
         with os.fdopen(fd, "rb") as f:
-            data = f.read(4 << 20 + 1)
+            data = f.read((4 << 20) + 1)
         if len(data) > 4 << 20:
             raise LayoutError(f"{self.path}: index.json is too large")
         return parse_json(data, f"{self.path}/index.json")

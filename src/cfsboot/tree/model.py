@@ -151,8 +151,9 @@ class Leaf:
     """A non-directory inode.  Hard links are the same object under several names.
 
     ``nlink`` is None for every tree except one parsed with C mkcomposefs
-    semantics, where the first line of a hard-link group carries the link
-    count the C writer stores (composefs-rs always counts references).
+    semantics, where every leaf carries the NLINK field of its own (non-``@``)
+    line: the link count the C writer stores (hard links do not change it;
+    composefs-rs always counts references).
 
     ``primary`` is likewise None except in C-parsed trees, where a hard-linked
     leaf records the path of its full (non-``@``) dumpfile line: C's "real"
