@@ -31,7 +31,11 @@ from typing import Any
 from cfsboot.boot import authenticode
 from cfsboot.boot.manifest import SealManifest
 from cfsboot.boot.uki import LAYOUTS
-from cfsboot.cli.uki import _extra_certs, _signer, _signing_args
+from cfsboot.cli.signing_options import (
+    add_signing_options,
+    extra_certs_from_args,
+    signer_from_args,
+)
 from cfsboot.errors import CfsError
 
 COMMANDS = ("build", "inject", "verify")
@@ -110,7 +114,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--cache", metavar="DIR",
                    help="keep file digests in DIR for later runs (writable only by you)")
     _common(b)
-    _signing_args(b, required=False)
+    add_signing_options(b, required=False)
     b.set_defaults(func=run_build)
 
     i = ssub.add_parser("inject", help="complete an externally signed seal")
@@ -156,7 +160,7 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], lines: Sequence[str]) -
 def run_build(args: argparse.Namespace) -> int:
     from cfsboot.boot import seal
 
-    signer = _signer(args)
+    signer = signer_from_args(args)
     if args.external_signing:
         if signer is not None or args.unsigned:
             raise CfsError("--external-signing writes unsigned files: drop --key/--unsigned")
@@ -166,7 +170,7 @@ def run_build(args: argparse.Namespace) -> int:
     elif signer is not None and args.unsigned:
         raise CfsError("--unsigned conflicts with signing options")
     options = seal.SealOptions(
-        signer=signer, extra_certs=_extra_certs(args), kargs=args.karg,
+        signer=signer, extra_certs=extra_certs_from_args(args), kargs=args.karg,
         allow_missing_verity=args.allow_missing_verity, efi_arch=args.efi_arch,
         kargs_arch=args.kargs_arch, stub_path=args.stub, layout=args.ukify_layout,
         sign_kernel=args.sign_kernel, threads=args.threads, cache_dir=args.cache)

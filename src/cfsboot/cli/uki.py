@@ -20,10 +20,13 @@ import os
 import sys
 from pathlib import Path
 
-from cryptography import x509
-
 from cfsboot.atomic import atomic_write_bytes
 from cfsboot.boot import authenticode, uki
+from cfsboot.cli.signing_options import (
+    add_signing_options,
+    extra_certs_from_args,
+    signer_from_args,
+)
 from cfsboot.errors import CfsError
 
 # Inputs that are "TEXT or @FILE" on the command line, as in ukify.
@@ -70,7 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="also sign the .linux PE (default, as ukify: when signing and the "
                         "kernel is an unsigned PE)")
     b.add_argument("--output", "-o", required=True, metavar="FILE")
-    _signing_args(b, required=False)
+    add_signing_options(b, required=False)
     b.set_defaults(func=run_build)
 
     i = usub.add_parser("inspect", help="list sections, cmdline, composefs digest, signatures")
@@ -97,51 +100,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         if name == "sign":
             s.add_argument("--append", action="store_true",
                            help="add a signature to an already signed image")
-        _signing_args(s, required=True)
+        add_signing_options(s, required=True)
         s.set_defaults(func=run_sign if name == "sign" else run_resign)
-
-
-def _signing_args(p: argparse.ArgumentParser, required: bool) -> None:
-    g = p.add_argument_group("signing")
-    g.add_argument("--cert", dest="sign_cert", metavar="FILE", required=required,
-                   help="signing certificate (PEM or DER)")
-    how = g.add_mutually_exclusive_group()
-    how.add_argument("--key", metavar="FILE|ID",
-                     help="private key (PEM or DER, RSA), or the key id with --engine")
-    how.add_argument("--sign-command", metavar="CMD",
-                     help="external signer: DER attributes on stdin, raw signature on stdout")
-    how.add_argument("--pkcs11-uri", metavar="URI",
-                     help="key in a PKCS#11 token (same as --engine pkcs11 --key URI)")
-    g.add_argument("--engine", metavar="NAME",
-                   help="OpenSSL engine holding --key (e.g. pkcs11), like sbsign --engine")
-    g.add_argument("--pkcs11-module", metavar="LIB",
-                   help="PKCS#11 library for the pkcs11 engine (PKCS11_MODULE_PATH)")
-    g.add_argument("--extra-cert", action="append", default=[], metavar="FILE",
-                   help="intermediate certificate to embed, repeatable")
-
-
-def _signer(args: argparse.Namespace) -> authenticode.Signer | None:
-    if not args.sign_cert:
-        if args.key or args.sign_command or args.pkcs11_uri:
-            raise CfsError("--key/--sign-command/--pkcs11-uri need --cert")
-        return None
-    cert = authenticode.load_certificate(Path(args.sign_cert).read_bytes())
-    if args.pkcs11_uri or (args.engine and args.key):
-        engine = args.engine or "pkcs11"
-        key_id = args.pkcs11_uri or args.key
-        return authenticode.engine_signer(engine, key_id, cert, module=args.pkcs11_module)
-    if args.engine:
-        raise CfsError("--engine needs --key with the engine's key id")
-    if args.key:
-        key = authenticode.load_private_key(Path(args.key).read_bytes())
-        return authenticode.KeySigner(key, cert)
-    if args.sign_command:
-        return authenticode.CommandSigner(args.sign_command, cert)
-    raise CfsError("--cert needs --key, --sign-command or --pkcs11-uri")
-
-
-def _extra_certs(args: argparse.Namespace) -> list[x509.Certificate]:
-    return [authenticode.load_certificate(Path(f).read_bytes()) for f in args.extra_cert]
 
 
 def _decode(data: bytes, what: str) -> str:
@@ -156,7 +116,7 @@ def _read_optional(path: str | None) -> bytes | None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    signer = _signer(args)  # bad signing options fail before any input is read
+    signer = signer_from_args(args)  # bad signing options fail before any input is read
     extra = []
     for spec in args.section:
         name, sep, content = spec.partition(":")
@@ -188,7 +148,7 @@ def run_build(args: argparse.Namespace) -> int:
         extra_sections=extra)
     image = uki.build_uki(stub, inputs, args.ukify_layout)
     if signer is not None:
-        image = authenticode.sign(image, signer, _extra_certs(args))
+        image = authenticode.sign(image, signer, extra_certs_from_args(args))
     atomic_write_bytes(args.output, image, 0o755)
     print(f"wrote {'signed' if signer else 'unsigned'} {args.output}", file=sys.stderr)
     return 0
@@ -277,18 +237,18 @@ def _write_signed(args: argparse.Namespace, image: bytes) -> int:
 
 
 def run_sign(args: argparse.Namespace) -> int:
-    signer = _signer(args)
+    signer = signer_from_args(args)
     assert signer is not None
     image = Path(args.image).read_bytes()
     if authenticode.list_signatures(image) and not args.append:
         raise CfsError(f"{args.image} is already signed (use --append to add a signature, "
                        "or 'uki resign' to replace)")
-    return _write_signed(args, authenticode.sign(image, signer, _extra_certs(args),
+    return _write_signed(args, authenticode.sign(image, signer, extra_certs_from_args(args),
                                                  append=True))
 
 
 def run_resign(args: argparse.Namespace) -> int:
-    signer = _signer(args)
+    signer = signer_from_args(args)
     assert signer is not None
     image = authenticode.remove_signatures(Path(args.image).read_bytes())
-    return _write_signed(args, authenticode.sign(image, signer, _extra_certs(args)))
+    return _write_signed(args, authenticode.sign(image, signer, extra_certs_from_args(args)))

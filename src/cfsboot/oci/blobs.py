@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -75,6 +76,7 @@ class VerifiedReader(io.RawIOBase):
         algo, _, _ = digest.partition(":")
         self._hash = hashlib.new(algo)
         self.verified = False
+        self.on_read: Callable[[int], None] | None = None  # progress callback
 
     def readable(self) -> bool:
         return True
@@ -89,6 +91,8 @@ class VerifiedReader(io.RawIOBase):
                             f"({self._size - self._left} of {self._size} bytes)")
         self._hash.update(memoryview(b)[:n])
         self._left -= n
+        if self.on_read is not None:
+            self.on_read(n)
         return int(n)
 
     def drain(self) -> None:

@@ -44,7 +44,7 @@ def parse_dec(field: bytes, limit: int, what: str) -> int:
     """Rust ``uN::from_str``: optional ``+``, ASCII digits, no overflow."""
     digits = field[1:] if field[:1] == b"+" else field
     if not digits.isdigit():
-        raise LineError(f"invalid {what} {_show(field)!r}")
+        raise LineError(f"invalid {what} '{_show(field)}'")
     value = int(digits)
     if value > limit:
         raise LineError(f"{what} {value} out of range")
@@ -62,7 +62,7 @@ def parse_oct(field: bytes, limit: int, what: str) -> int:
             return value
     digits = field[1:] if field[:1] == b"+" else field
     if not digits or digits.translate(None, _OCTAL):
-        raise LineError(f"invalid {what} {_show(field)!r}")
+        raise LineError(f"invalid {what} '{_show(field)}'")
     value = int(digits, 8)
     if value > limit:
         raise LineError(f"{what} {field.decode()} out of range")
@@ -96,7 +96,7 @@ def parse_mtime(field: bytes) -> tuple[int, int]:
     SEC is a u64 stored as i64 (two's complement wrap, as both upstreams do)."""
     sec_s, dot, nsec_s = field.partition(b".")
     if not dot:
-        raise LineError(f"invalid mtime {_show(field)!r} (missing '.')")
+        raise LineError(f"invalid mtime '{_show(field)}' (missing '.')")
     sec = parse_dec(sec_s, U64_MAX, "mtime seconds")
     nsec = parse_dec(nsec_s, U64_MAX, "mtime nanoseconds")
     if nsec >= 10**9:
@@ -108,9 +108,11 @@ def parse_mtime(field: bytes) -> tuple[int, int]:
 
 def _show(b: bytes, limit: int = 40) -> str:
     s = b[:limit].decode("utf-8", "backslashreplace")
+    if not s.isprintable():  # keep messages on one line and terminal-safe
+        s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
     return s + "..." if len(b) > limit else s
 
 
 def show(b: bytes, limit: int = 60) -> str:
-    """A field for an error message: decoded, shortened, on one line."""
-    return _show(b, limit).replace("\n", "\\n")
+    """A field for an error message: decoded, shortened, printable, one line."""
+    return _show(b, limit)

@@ -109,12 +109,12 @@ def canonical_path(field: bytes) -> bytes:
         return field  # the common case, checked without a Python loop
     p = unescape_path(field)
     if p[:1] != b"/":
-        raise LineError(f"path {show(p)!r} is not absolute")
+        raise LineError(f"path '{show(p)}' is not absolute")
     if p != b"/":
         for comp in p[1:].split(b"/"):
             if comp in (b"", b".", b".."):
                 what = "an empty" if not comp else f"a {comp.decode()!r}"
-                raise LineError(f"path {show(p)!r} has {what} component")
+                raise LineError(f"path '{show(p)}' has {what} component")
     return p
 
 
@@ -124,7 +124,7 @@ def parse_xattrs(tokens: list[bytes]) -> dict[bytes, bytes]:
     for tok in tokens:
         key, eq, value = tok.partition(b"=")
         if not eq:
-            raise LineError(f"xattr {show(tok)!r} has no '='")
+            raise LineError(f"xattr '{show(tok)}' has no '='")
         if b"\\" in tok:
             key = unescape(key)
             value = unescape(value)
@@ -220,14 +220,14 @@ class _RsBuilder:
             return
         leaf = self.leaves_by_path.get(target)
         if leaf is None:
-            raise LineError(f"hard-link target {show(target)!r} is not a file on an earlier line")
+            raise LineError(f"hard-link target '{show(target)}' is not a file on an earlier line")
         self.linked = True
         self.leaves_by_path[path] = leaf
         self._insert(path, leaf)
 
     def _set_root(self, path: bytes, stat: Stat) -> None:
         if path != b"/":
-            raise LineError(f"the first line must be the root directory '/', not {show(path)!r}")
+            raise LineError(f"the first line must be the root directory '/', not '{show(path)}'")
         if self.root is None:
             self.root = Directory(stat)
             self.dirs[b"/"] = self.root
@@ -239,7 +239,7 @@ class _RsBuilder:
         parent = self.dirs.get(parent_path or b"/")
         if parent is None:
             what = "is not a directory" if parent_path in self.leaves_by_path else "is missing"
-            raise LineError(f"parent directory {show(parent_path)!r} {what}")
+            raise LineError(f"parent directory '{show(parent_path)}' {what}")
         old = parent.entries.get(name)
         if old is not None:
             self.replaced = True
@@ -312,7 +312,7 @@ class _RsBuilder:
         _check_size(size)
         if digest != b"-":
             if _HEX_DIGEST.fullmatch(digest) is None:
-                raise LineError(f"invalid DIGEST {show(digest)!r} (need 64 or 128 hex digits)")
+                raise LineError(f"invalid DIGEST '{show(digest)}' (need 64 or 128 hex digits)")
             raw = bytes.fromhex(digest.decode("ascii"))
             if len(raw) != self.digest_size:
                 self._digest_size(len(raw))
@@ -323,7 +323,7 @@ class _RsBuilder:
             if obj is not None and len(obj) == n:
                 self._digest_size(n)
                 return External(size, object_path(obj), None)
-        raise LineError(f"PAYLOAD {show(path)!r} does not end in an object path (xx/hex...)")
+        raise LineError(f"PAYLOAD '{show(path)}' does not end in an object path (xx/hex...)")
 
     def _digest_size(self, n: int) -> None:
         if self.digest_size is None:

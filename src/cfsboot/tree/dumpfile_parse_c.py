@@ -209,17 +209,17 @@ class _CBuilder:
         parent_key = _key(path[:slash]) if slash >= 0 else b""
         parent = self.nodes.get(parent_key)
         if parent is None:
-            raise LineError(f"parent directory missing for {show(path)!r}")
+            raise LineError(f"parent directory missing for '{show(path)}'")
         if not isinstance(parent, Directory):
-            raise LineError(f"parent of {show(path)!r} is not a directory")
+            raise LineError(f"parent of '{show(path)}' is not a directory")
         if name in (b".", b".."):
-            raise LineError(f"invalid . or .. in path {show(path)!r}")
+            raise LineError(f"invalid . or .. in path '{show(path)}'")
         if not name:
-            raise LineError(f"path {show(path)!r} has an empty name")
+            raise LineError(f"path '{show(path)}' has an empty name")
         if len(name) > NAME_MAX:
             raise LineError(f"name too long ({len(name)} > {NAME_MAX} bytes)")
         if name in parent.entries:
-            raise LineError(f"path {show(path)!r} already exists")
+            raise LineError(f"path '{show(path)}' already exists")
         return parent, name, (parent_key + b"/" + name if parent_key else name)
 
     def _add(self, parent: Directory, name: bytes, key: bytes, node: Directory | Leaf) -> None:
@@ -289,7 +289,7 @@ class _CBuilder:
             target = self.nodes.get(_key(link.target))
             if target is None:
                 raise DumpfileError(
-                    f"line {link.line}: no target at {show(link.target)!r} for hard link")
+                    f"line {link.line}: no target at '{show(link.target)}' for hard link")
             if target is placeholder:
                 raise DumpfileError(f"line {link.line}: self-referential hard link")
             direct[placeholder] = target
@@ -325,7 +325,7 @@ def _regular(size: int, payload: bytes | None, content: bytes | None,
         # (a SHA-512 digest is cut to its first half); fewer or non-hex digits
         # leave uninitialised bytes, so those are rejected.
         if _HEX64.match(digest) is None:
-            raise LineError(f"invalid DIGEST {show(digest)!r} (need 64 hex digits)")
+            raise LineError(f"invalid DIGEST '{show(digest)}' (need 64 hex digits)")
         raw = bytes.fromhex(digest[:64].decode("ascii"))
     if raw is None and not payload:
         return Sparse(size)
@@ -342,7 +342,7 @@ def _parse_xattrs(part: bytes) -> dict[bytes, bytes]:
     for tok in part.split(b" "):
         k, eq, v = tok.partition(b"=")
         if not eq:
-            raise LineError(f"missing = in xattr {show(tok)!r}")
+            raise LineError(f"missing = in xattr '{show(tok)}'")
         key = _cstr(unescape(k))
         value = unescape(v)
         if not key or len(key) > XATTR_NAME_MAX:
@@ -356,7 +356,7 @@ def _parse_xattrs(part: bytes) -> dict[bytes, bytes]:
         if not xattrs:
             cost += XATTR_HEADER_COST
         if budget + cost > XATTR_BUDGET:
-            raise LineError(f"can't set xattr {show(key)!r}: node xattrs exceed "
+            raise LineError(f"can't set xattr '{show(key)}': node xattrs exceed "
                             f"{XATTR_BUDGET} bytes")
         xattrs[key] = value
         budget += cost

@@ -44,12 +44,12 @@ def _decode_one(m: re.Match[bytes]) -> bytes:
             raise EscapeError("backslash at end of field")
         if rest[:1] == b"x":
             raise EscapeError(f"invalid hex escape \\{_show(rest)}")
-        raise EscapeError(f"invalid escape \\{_show(rest[:1])}")
+        raise EscapeError(f"invalid escape: backslash followed by '{_show(rest[:1])}'")
     return _DECODE[seq]
 
 
 def _show(b: bytes) -> str:
-    return b.decode("ascii", "backslashreplace")
+    return repr(b)[2:-1]  # printable, on one line
 
 
 def unescape(field: bytes) -> bytes:
