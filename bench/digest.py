@@ -5,7 +5,7 @@
 1. Builds (once; reused while its marker matches) a container root of
    >= 1 GiB shaped like a distribution's /usr: ~25k files whose sizes follow
    the histogram of a Debian /usr (2% <= 64 B, 60% <= 4 KiB, 33% <= 64 KiB,
-   5% <= 1 MiB) plus a few large libraries, ~3k directories, symlinks and
+   5% <= 1 MiB) plus a few large libraries, ~2.5k directories, symlinks and
    hard links.
 2. Times --runs interleaved rounds, all with a WARM page cache (nothing is
    dropped; the first pass reads the tree into memory, so this measures CPU,

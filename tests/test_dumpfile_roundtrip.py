@@ -98,3 +98,23 @@ def test_100k_lines_budget() -> None:
     assert out == data  # the dump above is in canonical form
     # ~1-2 s each on an idle machine; the bound leaves room for a busy one.
     assert max(t1 - t0, t2 - t1, t3 - t2) < 8.0, (t1 - t0, t2 - t1, t3 - t2)
+
+
+def test_hostile_shapes_stay_linear() -> None:
+    """Long hard-link chains (forward for C) and repeated directory
+    replacements must not go quadratic."""
+    n = 20_000
+    root = b"/ 0 40755 2 0 0 0 0.0 - - -"
+    back = [root, b"/f0 3 100644 9 0 0 0 0.0 - abc -"] + [
+        b"/f%d 0 @100644 - - - - 0.0 /f%d - -" % (i, i - 1) for i in range(1, n)]
+    fwd = [root] + [b"/f%d 0 @100644 - - - - 0.0 /f%d - -" % (i, i + 1) for i in range(n - 1)]
+    fwd.append(b"/f%d 3 100644 9 0 0 0 0.0 - abc -" % (n - 1))
+    dirs = [root, b"/x 0 40755 2 0 0 0 0.0 - - -"]
+    dirs += [b"/x/d%d 0 40755 2 0 0 0 0.0 - - -" % i for i in range(n)]
+    dirs += [b"/x 0 40755 2 0 0 0 0.0 - - -"] * n
+    t0 = time.process_time()
+    for lines, flavor in ((back, "rs"), (back, "c"), (fwd, "c"), (dirs, "rs")):
+        tree = parse_dumpfile(b"\n".join(lines) + b"\n", flavor=flavor)  # type: ignore[arg-type]
+        if lines is not dirs:
+            assert len({id(leaf) for leaf in tree.entries.values()}) == 1
+    assert time.process_time() - t0 < 10.0

@@ -7,6 +7,8 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cfsboot.tree.dumpfile import DumpfileError, parse_dumpfile
 from cfsboot.tree.model import (
@@ -297,3 +299,22 @@ def test_c_lenient_values() -> None:
     assert isinstance(root.get_path(b"/e/x"), Leaf)
     w = leaf(root, b"/w")
     assert w.content == CharDevice(0) and w.nlink == 9 and w.stat.xattrs == {b"user.a": b"22"}
+
+
+# ---- garbage in: a DumpfileError with a printable one-line message, never a crash ----
+
+_PIECES = [b"/", b"/a", b" ", b"\n", b"\\", b"\\x", b"@", b"0", b"1", b".", b"-", b"=",
+           b"40755", b"100644", b"120777", b"20000", b"\0", b"\xff", b"\r", b"\x1b",
+           b"/ 0 40755 2 0 0 0 0.0 - - -\n", b" 0 0 0.0 - - -", b"ab/cd", H32]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=40).map(b"".join),
+       st.sampled_from(["rs", "c"]), st.booleans())
+def test_garbage_gives_clean_errors(data: bytes, flavor: Any, strict: bool) -> None:
+    try:
+        parse_dumpfile(data, flavor=flavor, strict=strict)
+    except DumpfileError as e:
+        msg = str(e)
+        assert re.match(r"line [1-9][0-9]*: \S", msg), msg
+        assert msg.isprintable(), msg

@@ -10,9 +10,9 @@ import pytest
 
 from cfsboot.tree import hashcache
 from cfsboot.tree.digest_store import FlatDigestStore
-from cfsboot.tree.hashcache import HashCache, TreeFingerprint
+from cfsboot.tree.hashcache import HashCache, TreeFingerprint, fingerprint_tree
 from cfsboot.tree.model import walk
-from cfsboot.tree.scan import ScanOptions, ScanResult, fingerprint_tree, scan_directory
+from cfsboot.tree.scan import ScanOptions, ScanResult, scan_directory
 
 # Longer than a kernel timestamp tick (jiffy), so that a change gets a new ctime;
 # real runs rely on the racy window instead.
@@ -127,9 +127,11 @@ def test_scan_and_fast_walk_fingerprints_agree(tmp_path: Path) -> None:
     (tmp_path / "d/e").mkdir(parents=True)
     (tmp_path / "d/e/x").write_bytes(b"x" * 70)
     os.symlink("d", tmp_path / "s")
-    fp = TreeFingerprint(b"salt")
-    scan_directory(str(tmp_path), ScanOptions(fingerprint=fp))
-    assert fp.digest() == fingerprint_of(tmp_path)
+    for spelled in (str(tmp_path), str(tmp_path) + "/"):
+        fp = TreeFingerprint(b"salt")
+        scan_directory(spelled, ScanOptions(fingerprint=fp))
+        fast = fingerprint_tree(spelled, TreeFingerprint(b"salt"))
+        assert fast is not None and fp.digest() == fast.digest()
     assert fingerprint_of(tmp_path) != fingerprint_tree(str(tmp_path),
                                                         TreeFingerprint(b"other salt")).digest()  # type: ignore[union-attr]
 

@@ -27,9 +27,9 @@ from cfsboot.boot.transform import transform_for_boot, transform_for_oci
 from cfsboot.erofs.writer import mkfs_erofs
 from cfsboot.errors import CfsError
 from cfsboot.fsverity import DIGEST_SIZE, fsverity_digest
-from cfsboot.tree.hashcache import HashCache, TreeFingerprint
+from cfsboot.tree.hashcache import HashCache, TreeFingerprint, fingerprint_tree
 from cfsboot.tree.model import Directory, External, Inline, Leaf, Sparse
-from cfsboot.tree.scan import ScanCounts, ScanOptions, fingerprint_tree, scan_directory
+from cfsboot.tree.scan import ScanCounts, ScanOptions, scan_directory
 
 # bootc's exact refusal (crates/lib/src/bootc_composefs/digest.rs).
 ROOT_REFUSAL = "Cannot operate on active root filesystem; mount separate target instead"

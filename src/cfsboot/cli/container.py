@@ -69,8 +69,9 @@ def register_compute_composefs_digest(sub: Subparsers) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="hashing threads (default: usable CPUs)")
     p.add_argument("--cache", metavar="DIR",
-                   help="reuse digests of unchanged files from DIR (created if needed); "
-                   "DIR must be writable only by you")
+                   help="build cache: digests of unchanged files, and the result for an "
+                   "unchanged tree, are reused from DIR (created if needed; it must be "
+                   "writable only by you)")
     p.set_defaults(func=run_compute_composefs_digest)
 
 

@@ -10,7 +10,7 @@ import io
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, Protocol, cast
 
 import zstandard
 
@@ -28,6 +28,10 @@ TAR_MEDIA_TYPES = {
     _NONDIST: None, _NONDIST + "+gzip": "gzip", _NONDIST + "+zstd": "zstd",
 }
 MAX_JSON = 4 << 20  # manifests and configs are small; refuse absurd ones
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 class BlobError(CfsError):
@@ -128,22 +132,22 @@ def read_verified(src: BinaryIO, desc: Descriptor, what: str) -> bytes:
     return data
 
 
-def decompressor(media_type: str, raw: BinaryIO) -> BinaryIO:
+def decompressor(media_type: str, raw: Readable) -> Readable:
     """Reader of the uncompressed tar for a tar layer media type (all gzip
     members / zstd frames are decoded, §3.5)."""
     kind = TAR_MEDIA_TYPES[media_type]
     if kind is None:
         return raw
     if kind == "gzip":
-        return _Guarded(gzip.GzipFile(fileobj=raw, mode="rb"), "gzip")  # type: ignore[arg-type]
-    return _Guarded(zstandard.ZstdDecompressor().stream_reader(  # type: ignore[arg-type]
-        raw, read_across_frames=True, closefd=False), "zstd")
+        return _Guarded(gzip.GzipFile(fileobj=cast(IO[bytes], raw), mode="rb"), "gzip")
+    return _Guarded(zstandard.ZstdDecompressor().stream_reader(
+        cast(IO[bytes], raw), read_across_frames=True, closefd=False), "zstd")
 
 
 class _Guarded(io.RawIOBase):
     """Turns decoder exceptions into one-line BlobErrors."""
 
-    def __init__(self, inner: BinaryIO, kind: str) -> None:
+    def __init__(self, inner: Readable, kind: str) -> None:
         super().__init__()
         self._inner = inner
         self._kind = kind
@@ -151,7 +155,7 @@ class _Guarded(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, n: int = -1) -> bytes:
         try:
             return self._inner.read(n)
         except (OSError, EOFError, zlib.error, zstandard.ZstdError) as e:

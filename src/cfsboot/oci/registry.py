@@ -7,6 +7,7 @@ surface at ``FinishPipe``); we check digests too."""
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import os
 import shutil
@@ -57,14 +58,14 @@ class SkopeoSource:
         self._lock = threading.Lock()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = ours
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         cmd = [skopeo, "experimental-image-proxy"]
         if authfile:
             cmd.append(f"--authfile={authfile}")
         if not tls_verify:
             cmd.append("--tls-verify=false")
         try:
-            self._proc = subprocess.Popen(cmd, stdin=theirs, stdout=subprocess.DEVNULL,
+            self._proc = subprocess.Popen(cmd, stdin=theirs.fileno(), stdout=subprocess.DEVNULL,
                                           stderr=self._stderr, close_fds=True)
         finally:
             theirs.close()
@@ -136,10 +137,8 @@ class SkopeoSource:
     def close(self) -> None:
         try:
             if self._proc.poll() is None:
-                try:
+                with contextlib.suppress(ProxyError, ValueError):
                     self.call("Shutdown", [])
-                except (ProxyError, ValueError):
-                    pass
         finally:
             self._sock.close()
             try:

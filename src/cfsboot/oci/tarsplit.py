@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
+from cfsboot.oci.blobs import Readable
 from cfsboot.oci.tarheader import (
     BLOCK,
     EndOfArchive,
@@ -49,7 +49,7 @@ class SplitStats:
 class _Input:
     """Exact reads from the (decompressed) tar stream, counting progress."""
 
-    def __init__(self, src: BinaryIO, progress: Callable[[int], None] | None) -> None:
+    def __init__(self, src: Readable, progress: Callable[[int], None] | None) -> None:
         self._src = src
         self._progress = progress
 
@@ -72,8 +72,8 @@ class _Input:
         return data
 
 
-def split_tar(repo: Repository, src: BinaryIO, *,
-              progress: Callable[[int], None] | None = None) -> tuple[SplitStreamWriter, SplitStats]:
+def split_tar(repo: Repository, src: Readable, *, progress: Callable[[int], None] | None = None
+              ) -> tuple[SplitStreamWriter, SplitStats]:
     """Read a whole uncompressed tar from ``src``; store its large file contents
     as objects and return the (unfinished) splitstream writer."""
     writer = repo.create_stream(CONTENT_OCI_LAYER)

@@ -244,10 +244,14 @@ class _RsBuilder:
         if old is not None:
             self.replaced = True
             if isinstance(old, Directory):
-                prefix = path + b"/"
-                for key in [k for k in self.dirs if k.startswith(prefix)]:
-                    del self.dirs[key]
-                del self.dirs[path]
+                # Forget the replaced subtree's directories (each one at most
+                # once over the whole parse, so this stays linear).
+                stack = [(path, old)]
+                while stack:
+                    p, d = stack.pop()
+                    del self.dirs[p]
+                    stack += [(p + b"/" + n, c) for n, c in d.entries.items()
+                              if isinstance(c, Directory)]
         parent.entries[name] = node
         if isinstance(node, Directory):
             self.dirs[path] = node

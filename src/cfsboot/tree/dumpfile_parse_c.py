@@ -19,8 +19,9 @@ carries exactly what C's EROFS writer (``lcfs-writer-erofs.c``) uses:
   UID/GID/NLINK are truncated to u32 (``lcfs_node_set_uid(uint32_t)`` etc.).
 * Hard links (``@`` first in MODE): only PATH, MODE and PAYLOAD are read; the
   target path is resolved after the whole file, in reverse line order like C's
-  fixup list, through other hard links; self links, cycles, missing targets and
-  directory targets are rejected (the last two fail in C's writer).
+  fixup list, through other hard links; self links and missing targets are
+  rejected like C does, cycles like C's writer does (ELOOP), and directory
+  targets as a deviation (below).
 * The leaf of a hard-link group records the path of its full line in
   ``Leaf.primary``: C's "real" node, where C's writer puts the inode in its
   breadth-first order (it need not be the first path in pre-order).
@@ -57,8 +58,8 @@ against C mkcomposefs 1.0.8, which accepts them): numeric fields must be
 ``[+]digits`` within u64 (strtoull saturates on overflow and accepts blanks
 and signs, and mkcomposefs ignores some parse errors: GID and RDEV are only
 checked when UID is 0, and a bad SIZE/NLINK passes when the next fields are
-nonzero); MTIME nanoseconds must be
-< 10**9; a hard link whose target is a directory is rejected (C's
+nonzero); MTIME nanoseconds must be < 10**9; DIGEST (see above); a hard
+link whose target is a directory is rejected (C's
 ``lcfs_compute_tree`` never checks link nodes, so it writes a second directory
 entry for the directory's inode, which the tree model cannot hold); sizes
 above 2**53 are rejected even where C's chunk count overflows (SIZE near
@@ -296,14 +297,18 @@ class _CBuilder:
         # ... then follow chains of hard links to the real leaf, which keeps
         # the path of its own line (C's real node: where its inode goes).
         key_of = {node: key for key, node in self.nodes.items() if isinstance(node, Leaf)}
+        final: dict[Leaf, Directory | Leaf] = {}
         for placeholder, link in reversed(self.links.items()):
+            chain = {placeholder: None}  # insertion-ordered set
             node = direct[placeholder]
-            seen = {placeholder}
-            while isinstance(node, Leaf) and node in direct:
-                if node in seen:
+            while isinstance(node, Leaf) and node in direct and node not in final:
+                if node in chain:  # C: ELOOP when writing
                     raise DumpfileError(f"line {link.line}: hard-link cycle")
-                seen.add(node)
+                chain[node] = None
                 node = direct[node]
+            node = final.get(node, node) if isinstance(node, Leaf) else node
+            for p in chain:  # remembered, so long chains stay linear
+                final[p] = node
             if isinstance(node, Directory):
                 raise DumpfileError(f"line {link.line}: hard link to a directory")
             link.parent.entries[link.name] = node

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 import threading
 import time
@@ -212,3 +213,36 @@ class TreeFingerprint:
     def is_settled(self, started_ns: int) -> bool:
         """True when no ctime is recent enough to be racily clean."""
         return self.newest_ctime_ns <= started_ns - RACY_WINDOW_NS
+
+
+def fingerprint_tree(path: str, fingerprint: TreeFingerprint) -> TreeFingerprint | None:
+    """Feed ``fingerprint`` exactly as ``scan_directory`` does, reading only
+    metadata (no xattrs, no contents): a cheap "has anything changed?" check.
+    None when the tree cannot be read (the real scan will say why).
+
+    Same traversal as ``scan._Scanner.walk`` (pop a directory, its entries in
+    readdir order, push its subdirectories in that order), but entries are
+    stat'ed relative to the directory's descriptor, which saves a full path
+    walk per entry.
+    """
+    root_path = os.fsencode(path)
+    try:
+        fingerprint.entry(b"", os.lstat(root_path))
+        stack = [root_path]
+        while stack:
+            dir_path = stack.pop()
+            fd = os.open(dir_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                with os.scandir(fd) as it:  # names come back as str for an fd
+                    names = [e.name for e in it]
+                entries = [(os.fsencode(name), b"",
+                            os.stat(name, dir_fd=fd, follow_symlinks=False))
+                           for name in names]
+            finally:
+                os.close(fd)
+            fingerprint.directory(dir_path, entries)
+            base = dir_path if dir_path.endswith(b"/") else dir_path + b"/"  # as scandir
+            stack.extend(base + name for name, _, st in entries if stat.S_ISDIR(st.st_mode))
+    except OSError:
+        return None
+    return fingerprint

@@ -417,38 +417,6 @@ def _entries(dir_path: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
     return out
 
 
-def fingerprint_tree(path: str, fingerprint: TreeFingerprint) -> TreeFingerprint | None:
-    """Feed ``fingerprint`` exactly as ``scan_directory`` would, reading only
-    metadata (no xattrs, no contents): a cheap "has anything changed?" check.
-    None when the tree cannot be read (the real scan will say why).
-
-    Same traversal as the scan (pop a directory, its entries in readdir order,
-    push its subdirectories in that order), but entries are stat'ed relative
-    to the directory's descriptor, which saves a full path walk per entry.
-    """
-    root_path = os.fsencode(path)
-    try:
-        fingerprint.entry(b"", os.lstat(root_path))
-        stack = [root_path]
-        while stack:
-            dir_path = stack.pop()
-            fd = os.open(dir_path, _OPEN_DIR)
-            try:
-                with os.scandir(fd) as it:  # names come back as str for an fd
-                    names = [e.name for e in it]
-                entries = [(os.fsencode(name), b"",
-                            os.stat(name, dir_fd=fd, follow_symlinks=False))
-                           for name in names]
-            finally:
-                os.close(fd)
-            fingerprint.directory(dir_path, entries)
-            base = dir_path + b"/"
-            stack.extend(base + name for name, _, st in entries if st_.S_ISDIR(st.st_mode))
-    except OSError:
-        return None
-    return fingerprint
-
-
 def _stat(path: bytes, st: os.stat_result) -> Stat:
     sec, nsec = divmod(st.st_mtime_ns, 10**9)
     return Stat(st.st_mode & 0o7777, st.st_uid, st.st_gid, sec, nsec, _xattrs(path))
