@@ -137,3 +137,11 @@ def _store_listing(store: Path) -> dict[str, bytes]:
         return {}
     return {str(p.relative_to(store)): p.read_bytes()
             for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+def test_device_number_above_32_bits_truncated_like_c() -> None:
+    need_oracle()
+    dump = b"/ 0 40755 2 0 0 0 0.0 - - -\n/dev 0 20644 1 0 0 4294967299 0.0 - - -\n"
+    parsed = parse_dumpfile(dump, flavor="c")
+    assert mkfs_erofs(parsed, 0, c_compat=True) == c_mkcomposefs(["--from-file", "-", "-"],
+                                                                 stdin=dump)

@@ -117,7 +117,8 @@ def file_entry(name: str, data: bytes, **kw: Any) -> tuple[tarfile.TarInfo, byte
 
 
 def dir_entry(name: str, **kw: Any) -> tuple[tarfile.TarInfo, None]:
-    return info(name, tarfile.DIRTYPE, mode=0o755, **kw), None
+    kw.setdefault("mode", 0o755)
+    return info(name, tarfile.DIRTYPE, **kw), None
 
 
 def base_tree() -> list[tuple[tarfile.TarInfo, bytes | None]]:

@@ -292,6 +292,8 @@ class Collector:
         elif kind is CharDevice or kind is BlockDevice:
             inode.kind = CHRDEV if kind is CharDevice else BLKDEV
             rdev = c.rdev  # type: ignore[union-attr]
+            if opts.c_compat and rdev >= 0:
+                rdev &= 0xFFFFFFFF  # C truncates (its whiteout test saw the full value)
             if not 0 <= rdev <= 0xFFFFFFFF:
                 raise ErofsWriteError(f"device number {rdev:#x} does not fit in 32 bits")
             inode.rdev = rdev
