@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import time
@@ -248,3 +249,17 @@ def test_digest_files_lazy_input_long_paths_and_symlinks(tmp_path: Path) -> None
     assert info.value.filename == str(tmp_path / "link")
     assert list(digest_files(iter(paths[:1]), threads=2)) == expected[:1]
     assert_no_children()
+
+
+def test_digest_files_too_long_path_fails_like_open(tmp_path: Path) -> None:
+    paths = make_files(tmp_path, 80)
+    too_long = tmp_path / ("x" * 250) / ("y" * 5000)
+    with pytest.raises(OSError) as direct:
+        digest_file(too_long)
+    got = []
+    with pytest.raises(OSError) as info:
+        for path, _ in digest_files(iter([*paths, too_long]), threads=2):
+            got.append(path)
+    assert got == paths
+    assert info.value.errno == direct.value.errno == errno.ENAMETOOLONG
+    assert info.value.filename == str(too_long)

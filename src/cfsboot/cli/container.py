@@ -11,11 +11,11 @@ layer never breaks the whole CLI and ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from cfsboot.cli.main import register_modules
 from cfsboot.errors import CfsError
 
 if TYPE_CHECKING:
@@ -33,14 +33,7 @@ def register(sub: Subparsers) -> None:
     container_sub = p.add_subparsers(dest="container_command", metavar="SUBCOMMAND",
                                      required=True)
     register_compute_composefs_digest(container_sub)
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(container_sub)
+    register_modules(container_sub, SUBCOMMAND_MODULES)
 
 
 # ---- compute-composefs-digest ----------------------------------------------

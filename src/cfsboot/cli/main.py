@@ -10,37 +10,44 @@ from collections.abc import Sequence
 
 from cfsboot.errors import CfsError
 
-# Each module defines ``register(subparsers)``; a command sets ``func(args) -> int``.
-COMMAND_MODULES: tuple[str, ...] = (
-    "cfsboot.cli.mkcomposefs",
-    "cfsboot.cli.composefs_info",
-    "cfsboot.cli.container",
-    "cfsboot.cli.repo",
-    "cfsboot.cli.image",
-    "cfsboot.cli.keys",
-    "cfsboot.cli.uki",
-    "cfsboot.cli.seal",
-    "cfsboot.cli.oci",
-)
+# Command name -> the module that defines it.  Each module has
+# ``register(subparsers)``; a command sets ``func(args) -> int``.  Only the
+# module of the command being run is imported, so start-up stays fast (this
+# runs in every image build) and one area's heavy imports don't tax the others.
+COMMANDS: dict[str, str] = {
+    "mkcomposefs": "cfsboot.cli.mkcomposefs",
+    "composefs-info": "cfsboot.cli.composefs_info",
+    "container": "cfsboot.cli.container",
+    "repo": "cfsboot.cli.repo",
+    "create-image": "cfsboot.cli.image",
+    "mount": "cfsboot.cli.image",
+    "oci": "cfsboot.cli.oci",
+    "keys": "cfsboot.cli.keys",
+    "uki": "cfsboot.cli.uki",
+    "seal": "cfsboot.cli.seal",
+}
+COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def register_modules(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                     names: Sequence[str]) -> None:
+    """Import each module and let it add its (sub)commands."""
+    for name in names:
+        importlib.import_module(name).register(sub)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cfsboot", description="composefs backend for bootable containers")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(sub)
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    module = COMMANDS.get(words[0]) if words else None
+    register_modules(sub, [module] if module else COMMAND_MODULES)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         rc: int = args.func(args)

@@ -18,13 +18,16 @@ overlap hashing it, and the cost per file is a few microseconds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import mmap
 import os
 import select
+import socket
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import NamedTuple, TypeVar
@@ -221,8 +224,10 @@ def _digest_here(tasks: Iterator[tuple[int, str | os.PathLike[str]]], alg: str,
             yield seq, _Failure(e.errno or 0, e.strerror or str(e))
 
 
-# A task in the task pipe: sequence number, path length, then the path bytes.
-_TASK = struct.Struct("=qI")
+# A task message: sequence number, then the path bytes.
+_SEQ = struct.Struct("=q")
+_PATH_MAX = 4096  # Linux, counting the terminating NUL
+_MAX_TASK = _SEQ.size + _PATH_MAX
 _STOP_FLAG = struct.Struct("=q")  # in shared memory, set by the parent to stop workers
 _TASKS_AHEAD_PER_WORKER = 64
 _REPORT_EVERY_FILES = 32
@@ -234,12 +239,13 @@ _Report = tuple[list[tuple[int, bytes]], list[tuple[int, int, str]], bool]
 
 
 class _ForkedPool:
-    """Forked workers hashing files named in a shared task pipe.
+    """Forked workers hashing files named in a shared task queue.
 
-    The parent writes tasks without blocking (it never stops reading reports,
-    so neither side can wedge the other); a worker takes one task at a time
-    under a lock (a one-byte token in a pipe: it survives fork and costs two
-    syscalls) and reports results in batches over its own pipe.
+    The queue is a SOCK_SEQPACKET socket pair: every receive returns exactly
+    one whole message, so the workers share one end without any lock, at one
+    syscall per file.  The parent sends without blocking (it never stops
+    reading reports, so neither side can wedge the other); each worker reports
+    results in batches over its own pipe.
     """
 
     def __init__(self, alg: str, workers: int, follow_symlinks: bool) -> None:
@@ -247,9 +253,7 @@ class _ForkedPool:
         self._follow = follow_symlinks
         self._window = _TASKS_AHEAD_PER_WORKER * workers
         self._shm = mmap.mmap(-1, _STOP_FLAG.size)
-        self._lock_r, self._lock_w = os.pipe()
-        os.write(self._lock_w, b"L")
-        self._task_r, self._task_w = os.pipe()
+        self._feed, self._queue = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         hash_constructor(alg)(b"").digest()  # warm OpenSSL's caches before forking
         self._pids: list[int] = []
         self._conns: list[Connection] = []
@@ -259,9 +263,8 @@ class _ForkedPool:
         except BaseException:
             self.stop()
             raise
-        os.close(self._task_r)
-        self._task_r = -1
-        os.set_blocking(self._task_w, False)
+        self._queue.close()  # the workers' end
+        self._feed.setblocking(False)
 
     def _spawn(self) -> None:
         read_fd, write_fd = os.pipe()
@@ -270,7 +273,7 @@ class _ForkedPool:
             code = 1
             try:
                 os.close(read_fd)
-                os.close(self._task_w)  # or the task pipe would never reach EOF
+                self._feed.close()  # or the queue would never reach its end
                 self._work(Connection(write_fd, readable=False))
                 code = 0
             finally:
@@ -285,17 +288,21 @@ class _ForkedPool:
         done: list[tuple[int, bytes]] = []
         failed: list[tuple[int, int, str]] = []
         last_report = time.monotonic()
-        idle = select.poll()
-        idle.register(self._task_r, select.POLLIN)
+        queue = self._queue
         while not _STOP_FLAG.unpack_from(self._shm)[0]:
-            if (done or failed) and not idle.poll(0):
-                conn.send(([*done], [*failed], False))  # about to wait: report first
-                done.clear()
-                failed.clear()
-            task = self._take()
-            if task is None:
-                break
-            seq, path = task
+            try:
+                task = queue.recv(_MAX_TASK, socket.MSG_DONTWAIT)
+            except BlockingIOError:  # about to wait for work: report first
+                if done or failed:
+                    conn.send(([*done], [*failed], False))
+                    done.clear()
+                    failed.clear()
+                    last_report = time.monotonic()
+                task = queue.recv(_MAX_TASK)
+            if not task:
+                break  # the parent closed its end and the queue is empty
+            (seq,) = _SEQ.unpack_from(task)
+            path = os.fsdecode(task[_SEQ.size :])
             try:
                 done.append((seq, digest_file(path, self._alg, follow_symlinks=self._follow)))
             except OSError as e:
@@ -309,18 +316,6 @@ class _ForkedPool:
         report: _Report = (done, failed, True)
         conn.send(report)
 
-    def _take(self) -> tuple[int, str] | None:
-        """The next task from the shared pipe, or None at its end."""
-        os.read(self._lock_r, 1)
-        try:
-            header = _read_exactly(self._task_r, _TASK.size)
-            if len(header) < _TASK.size:
-                return None
-            seq, length = _TASK.unpack(header)
-            return seq, os.fsdecode(_read_exactly(self._task_r, length))
-        finally:
-            os.write(self._lock_w, b"L")
-
     # ---- parent side ------------------------------------------------------
 
     def run(self, tasks: Iterator[tuple[int, str | os.PathLike[str]]]
@@ -330,10 +325,11 @@ class _ForkedPool:
         poller = select.poll()
         for fd in by_fd:
             poller.register(fd, select.POLLIN)
-        outbox = bytearray()  # encoded tasks the pipe has not taken yet
+        outbox: deque[bytes] = deque()  # task messages the queue has not taken yet
         in_flight = 0
         exhausted = False
-        watching_pipe = False
+        feed_fd = self._feed.fileno()
+        watching_feed = False
         while True:
             while not exhausted and in_flight < self._window:
                 task = next(tasks, None)
@@ -341,26 +337,29 @@ class _ForkedPool:
                     exhausted = True
                     break
                 encoded = os.fsencode(task[1])
-                outbox += _TASK.pack(task[0], len(encoded)) + encoded
+                if len(encoded) >= _PATH_MAX:  # open() would refuse it; don't send it
+                    yield task[0], _Failure(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+                    continue
+                outbox.append(_SEQ.pack(task[0]) + encoded)
                 in_flight += 1
-            if outbox:
-                with contextlib.suppress(BlockingIOError):
-                    del outbox[: os.write(self._task_w, outbox)]
-            if bool(outbox) != watching_pipe:  # wake up for pipe space only if needed
-                watching_pipe = bool(outbox)
-                if watching_pipe:
-                    poller.register(self._task_w, select.POLLOUT)
+            with contextlib.suppress(BlockingIOError):
+                while outbox:
+                    self._feed.send(outbox[0])
+                    outbox.popleft()
+            if bool(outbox) != watching_feed:  # wake up for queue space only if needed
+                watching_feed = bool(outbox)
+                if watching_feed:
+                    poller.register(feed_fd, select.POLLOUT)
                 else:
-                    poller.unregister(self._task_w)
-            if exhausted and not outbox and self._task_w >= 0:
-                os.close(self._task_w)  # workers finish the queue, then see EOF
-                self._task_w = -1
+                    poller.unregister(feed_fd)
+            if exhausted and not outbox and self._feed.fileno() >= 0:
+                self._feed.close()  # workers finish the queue, then see its end
             if exhausted and in_flight == 0:
                 return
             for fd, _ in poller.poll():
                 conn = by_fd.get(fd)
                 if conn is None:
-                    continue  # the task pipe has room again
+                    continue  # the queue has room again
                 try:
                     report: _Report = conn.recv()
                 except EOFError:
@@ -369,8 +368,8 @@ class _ForkedPool:
                 in_flight -= len(done) + len(failed)
                 for seq, digest in done:
                     yield seq, digest
-                for seq, errno, strerror in failed:
-                    yield seq, _Failure(errno, strerror)
+                for seq, code, strerror in failed:
+                    yield seq, _Failure(code, strerror)
                 if last:
                     poller.unregister(fd)
                     del by_fd[fd]
@@ -382,28 +381,11 @@ class _ForkedPool:
         if self._shm.closed:
             return
         _STOP_FLAG.pack_into(self._shm, 0, 1)
-        for fd in (self._task_w, self._task_r):
-            if fd >= 0:
-                os.close(fd)  # a worker waiting for a task sees EOF
-        self._task_w = self._task_r = -1
-        # A spare token, in case a worker died holding the lock.
-        os.write(self._lock_w, b"L")
+        self._feed.close()  # a worker waiting for a task sees the end of the queue
+        self._queue.close()
         for conn in self._conns:
             conn.close()  # a worker still reporting gets EPIPE and exits
         for pid in self._pids:
             with contextlib.suppress(ChildProcessError):  # SIGCHLD ignored: auto-reaped
                 os.waitpid(pid, 0)
-        os.close(self._lock_r)
-        os.close(self._lock_w)
         self._shm.close()
-
-
-def _read_exactly(fd: int, size: int) -> bytes:
-    """``size`` bytes from a pipe (fewer only at EOF)."""
-    data = os.read(fd, size)
-    while 0 < len(data) < size:
-        more = os.read(fd, size - len(data))
-        if not more:
-            break
-        data += more
-    return data
