@@ -485,3 +485,19 @@ def test_manifest_records_padded_authenticode_hash(
         assert len(data) % 8 == 0
         assert hashlib.sha256(data).hexdigest() == f.sha256
         assert authenticode.authenticode_digest(signed[f.name]).hex() == f.authenticode_sha256
+
+
+def test_image_own_stub_is_preferred(sample: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The UKI is built from the image's own systemd stub (as ukify inside the
+    image build would), and --stub overrides it."""
+    host_stub = Path(uki.default_stub_path("x64"))
+    if not host_stub.exists():
+        pytest.skip("systemd-boot-efi not installed")
+    own = sample / host_stub.relative_to("/")
+    own.write_bytes(b"not a PE stub")
+    assert main(["seal", str(sample), "--unsigned"]) == 1
+    assert "stub" in capsys.readouterr().err.lower()
+    assert main(["seal", str(sample), "--unsigned", "--stub", str(host_stub)]) == 0
+    built = uki.inspect_uki((sample / f"boot/EFI/Linux/{KVER}.efi").read_bytes())
+    assert built.cmdline.startswith("composefs=")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from cfsboot.boot import authenticode, uki
+from cfsboot.boot import authenticode, pe, uki
 from cfsboot.boot.digest import DigestOptions, check_container_root, compute_composefs_digest
 from cfsboot.boot.kargs import kargs_in_root, rust_arch, sealed_cmdline
 from cfsboot.boot.manifest import MANIFEST_NAME, ManifestFile, SealManifest
@@ -455,14 +455,35 @@ def _maybe_sign_kernel(kernel: bytes, signer: authenticode.Signer, forced: bool)
     return kernel if signed and not forced else authenticode.sign(kernel, signer, append=True)
 
 
-def _stub(options: SealOptions) -> bytes:
-    path = options.stub_path or uki.default_stub_path(options.efi_arch)
+def _stub(inputs: SealInputs, options: SealOptions) -> bytes:
+    """The UKI stub: ``--stub``, else the image's own (it matches the image's
+    systemd-boot, as when ukify runs inside the image build), else the host's."""
+    path = options.stub_path
+    if path is None:
+        own = inputs.path(uki.default_stub_path(options.efi_arch).lstrip("/"))
+        path = own if _is_file_in_tree(inputs.rootfs, own) else \
+            uki.default_stub_path(options.efi_arch)
     try:
         with open(path, "rb") as f:
-            return f.read()
+            data = f.read()
     except OSError as e:
         raise SealError(f"cannot read the UKI stub {path}: {e.strerror} "
                         "(install systemd-boot-efi or give --stub)") from e
+    try:
+        pe.parse_pe(data)
+    except CfsError as e:
+        raise SealError(f"the UKI stub {path} is unusable: {e}") from e
+    return data
+
+
+def _is_file_in_tree(rootfs: str, path: str) -> bool:
+    """A regular file reached without following any symlink out of ``rootfs``."""
+    try:
+        regular = stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+    return regular and os.path.realpath(path) == os.path.join(
+        os.path.realpath(rootfs), os.path.relpath(path, rootfs))
 
 
 def _files(inputs: SealInputs, uki_image: bytes, sd: bytes) -> dict[str, bytes]:
@@ -480,7 +501,7 @@ def seal(rootfs: str, options: SealOptions | None = None) -> SealResult:
     inputs = check_prerequisites(rootfs, options.efi_arch)
     data = _read_inputs(inputs)
     kargsd = kargs_in_root(rootfs, options.kargs_arch or rust_arch(options.efi_arch))
-    stub = _stub(options)
+    stub = _stub(inputs, options)
     trusted = [options.signer.certificate] if options.signer else None
     with _digest_cache(options.cache_dir) as cache:
         with _kernel_staged(inputs, keep=True) as tx:
@@ -534,7 +555,7 @@ def seal_external(rootfs: str, outdir: str, options: SealOptions | None = None) 
     inputs = check_prerequisites(rootfs, options.efi_arch)
     data = _read_inputs(inputs)
     kargsd = kargs_in_root(rootfs, options.kargs_arch or rust_arch(options.efi_arch))
-    stub = _stub(options)
+    stub = _stub(inputs, options)
     unsigned = SealOptions(**{**vars(options), "signer": None})
     with _digest_cache(options.cache_dir) as cache, _kernel_staged(inputs, keep=False):
         digest = tree_digest(rootfs, options.threads, cache)

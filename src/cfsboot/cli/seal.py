@@ -105,7 +105,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--arch", dest="kargs_arch", metavar="ARCH",
                    help="architecture for kargs.d match-architectures (Rust names; default: "
                         "from --efi-arch)")
-    b.add_argument("--stub", metavar="FILE", help="UKI stub (default: systemd's for --efi-arch)")
+    b.add_argument("--stub", metavar="FILE",
+                   help="UKI stub (default: the image's own systemd stub, else the host's)")
     b.add_argument("--efi-arch", default="x64", choices=("x64", "aa64", "ia32", "riscv64",
                                                          "loongarch64"))
     b.add_argument("--ukify-layout", choices=LAYOUTS, default="257")
