@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup deps example test lint bench clean
+.PHONY: setup deps oracle example test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,6 +15,9 @@ setup: deps $(VENV)/.installed
 # Debian tools the tests compare against (only when root; otherwise those tests skip).
 deps:
 	@bash scripts/install-debian-deps.sh
+
+# C mkcomposefs in a debootstrap chroot, for the differential tests (root only).
+oracle:
 	@bash scripts/setup-c-oracle.sh
 
 example: setup
@@ -24,7 +27,7 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
-test: setup lint
+test: setup oracle lint
 	$(VENV)/bin/pytest -q
 
 bench: setup
