@@ -165,15 +165,30 @@ def test_digest_files_worker_death_is_a_clean_error(tmp_path: Path,
     paths = make_files(tmp_path, 100)
     real = files.digest_file
 
-    def dies_on_f0042(path: str | os.PathLike[str], alg: str = "sha512") -> bytes:
+    def dies_on_f0042(path: str | os.PathLike[str], alg: str = "sha512", **kw: Any) -> bytes:
         if os.fspath(path).endswith("f0042"):
             os._exit(3)  # runs in a forked worker
-        return real(path, alg)
+        return real(path, alg, **kw)
 
     monkeypatch.setattr(files, "digest_file", dies_on_f0042)
+    got = []
     with pytest.raises(CfsError, match="worker process died"):
-        for _ in digest_files(paths, threads=2):
-            pass
+        for path, _ in digest_files(paths, threads=2):
+            got.append(path)
+    assert got == paths[:len(got)] and len(got) <= 42
+    assert_no_children()
+
+
+def test_digest_files_all_workers_dead_is_a_clean_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = make_files(tmp_path, 400)
+
+    def always_dies(path: str | os.PathLike[str], alg: str = "sha512", **kw: Any) -> bytes:
+        os._exit(3)
+
+    monkeypatch.setattr(files, "digest_file", always_dies)
+    with pytest.raises(CfsError, match="died"):
+        list(digest_files(paths, threads=2))
     assert_no_children()
 
 

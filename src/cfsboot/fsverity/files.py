@@ -25,8 +25,10 @@ import os
 import select
 import socket
 import struct
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
@@ -276,6 +278,11 @@ class _ForkedPool:
                 self._feed.close()  # or the queue would never reach its end
                 self._work(Connection(write_fd, readable=False))
                 code = 0
+            except (BrokenPipeError, KeyboardInterrupt):
+                pass  # the parent stopped us or is going away
+            except BaseException:
+                traceback.print_exc()  # a bug: show it, the parent reports the death
+                sys.stderr.flush()
             finally:
                 os._exit(code)
         os.close(write_fd)
@@ -342,10 +349,14 @@ class _ForkedPool:
                     continue
                 outbox.append(_SEQ.pack(task[0]) + encoded)
                 in_flight += 1
-            with contextlib.suppress(BlockingIOError):
+            try:
                 while outbox:
                     self._feed.send(outbox[0])
                     outbox.popleft()
+            except BlockingIOError:
+                pass  # the queue is full: wait for room below
+            except ConnectionError:  # EPIPE: no worker is left to take tasks
+                raise CfsError("the fs-verity worker processes died") from None
             if bool(outbox) != watching_feed:  # wake up for queue space only if needed
                 watching_feed = bool(outbox)
                 if watching_feed:
