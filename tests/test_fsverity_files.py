@@ -41,6 +41,16 @@ def test_digest_fd_sink_sees_exactly_the_file(tmp_path: Path, bufsize: int) -> N
     assert digest == reference_digest(data, "sha256")
 
 
+@pytest.mark.parametrize("size", [0, 8191, 8192, 8193, 2 * 8192])
+def test_digest_fd_sizes_around_the_buffer_size(tmp_path: Path, size: int) -> None:
+    data = write(tmp_path / "f", size, size)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        assert digest_fd(fd, "sha512", bufsize=8192) == (reference_digest(data, "sha512"), size)
+    finally:
+        os.close(fd)
+
+
 def test_digest_fd_reads_from_the_current_position_and_reentrant_sink(tmp_path: Path) -> None:
     data = write(tmp_path / "f", 10000, 1)
     inner = write(tmp_path / "g", 70000, 2)
@@ -278,3 +288,18 @@ def test_digest_files_too_long_path_fails_like_open(tmp_path: Path) -> None:
     assert got == paths
     assert info.value.errno == direct.value.errno == errno.ENAMETOOLONG
     assert info.value.filename == str(too_long)
+
+
+def test_digest_file_without_following_refuses_links_and_special_files(tmp_path: Path) -> None:
+    data = write(tmp_path / "f", 5000, 1)
+    (tmp_path / "link").symlink_to(tmp_path / "f")
+    os.mkfifo(tmp_path / "fifo")
+    assert digest_file(tmp_path / "link") == fsverity_digest(data)
+    assert digest_file(tmp_path / "f", follow_symlinks=False) == fsverity_digest(data)
+    with pytest.raises(OSError) as info:
+        digest_file(tmp_path / "link", follow_symlinks=False)
+    assert info.value.errno == errno.ELOOP
+    with pytest.raises(OSError) as info:
+        digest_file(tmp_path / "fifo", follow_symlinks=False)  # must not hang
+    assert info.value.errno == errno.EINVAL
+    assert info.value.filename == str(tmp_path / "fifo")

@@ -21,8 +21,8 @@ from test_oci_support import (
     info,
     make_layout,
     new_repo,
-    py_tar,
     put_blob,
+    py_tar,
     write_tree,
 )
 
@@ -197,6 +197,7 @@ def refused(repo: Repository, tmp_path: Path, tars: list[bytes], match: str) -> 
     ([(info("usr/h", tarfile.LNKTYPE, link="boot"), None)], "is a directory"),
     ([file_entry("nodir/x", b"x")], "does not exist"),
     ([file_entry("", b"x")], "root entry"),
+    ([file_entry("usr/a", b"x", pax_headers={"path": "usr/a\0b"})], "NUL byte"),
 ])
 def test_hostile_entries(repo: Repository, tmp_path: Path,
                          entries: list[tuple[tarfile.TarInfo, bytes | None]], match: str) -> None:
@@ -304,7 +305,7 @@ def test_corrupt_gzip(repo: Repository, tmp_path: Path) -> None:
     mb = put_blob(layout, json.dumps(man).encode())
     index["manifests"][0].update(mb)
     (layout / "index.json").write_text(json.dumps(index))
-    with pytest.raises(CfsError, match="corrupt gzip|truncated"):
+    with pytest.raises(CfsError, match=r"corrupt gzip|truncated"):
         pull(repo, f"oci:{layout}", "x")
 
 
@@ -318,3 +319,32 @@ def test_symlink_leaf_content(repo: Repository, tmp_path: Path) -> None:
     assert isinstance(s, Leaf) and s.content == Symlink(b"../../../etc")
     assert isinstance(root.get_path(b"/boot"), Directory)
     assert not isinstance(s.content, Inline)
+
+
+def test_artifact_blob_layers(repo: Repository, tmp_path: Path) -> None:
+    """Non-tar layers are stored as one object each (§3.4); no EROFS, just a tag."""
+    layout = tmp_path / "a"
+    payload = os.urandom(3000)
+    blob = put_blob(layout, payload)
+    empty = put_blob(layout, b"{}")
+    man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "artifactType": "application/x-test",
+                      "config": {"mediaType": "application/vnd.oci.empty.v1+json", **empty},
+                      "layers": [{"mediaType": "application/x-payload", **blob}]}).encode()
+    md = put_blob(layout, man)
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", **md,
+         "platform": {"os": "linux", "architecture": "amd64"}}]}))
+    (layout / "oci-layout").write_text("{}")
+    from cfsboot.oci.layout import host_platform
+    if host_platform()[1] != "amd64":
+        pytest.skip("layout written for amd64")
+    res = pull(repo, f"oci:{layout}", "art")
+    assert res.image_id is None
+    img = open_image(repo, resolve_tag(repo, "art"))
+    assert not img.is_container
+    stream = img.layer_refs[blob["digest"]]
+    with repo.open_stream(f"oci-layer-{blob['digest']}", stream) as r:
+        assert len(r.object_refs) == 1
+        with repo.open_object(r.object_refs[0]) as f:
+            assert f.read() == payload

@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--bootable", action="store_true", help="also generate the boot image")
     s.add_argument("--jobs", type=int, help="layers imported in parallel (default: CPUs)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--no-tls-verify", action="store_true",
+                   help="registry over plain HTTP / unverified TLS (skopeo --tls-verify=false)")
+    s.add_argument("--authfile", help="registry credentials file for skopeo")
     s.set_defaults(func=_pull)
 
     s = sub.add_parser("images", help="list tagged images")
@@ -156,7 +159,8 @@ def _pull(args: argparse.Namespace) -> int:
     bars = _LayerBars(sys.stderr.isatty() and not args.no_progress)
     with open_repo_from_args(args) as repo:
         try:
-            result = pull(repo, args.source, tag, jobs=args.jobs, progress=bars)
+            result = pull(repo, args.source, tag, jobs=args.jobs, progress=bars,
+                          tls_verify=not args.no_tls_verify, authfile=args.authfile)
         finally:
             bars.close()
         print(f"manifest {result.manifest_digest}")
@@ -172,7 +176,7 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _open(repo: Repository, ref: str) -> OciImage:
-    return open_image(repo, resolve_ref(repo, ref))
+    return open_image(repo, *resolve_ref(repo, ref))
 
 
 def _images(args: argparse.Namespace) -> int:

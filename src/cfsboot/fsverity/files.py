@@ -24,6 +24,7 @@ import mmap
 import os
 import select
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -109,12 +110,19 @@ def _fill(fd: int, buf: bytearray, view: memoryview) -> int:
 
 def digest_file(path: str | os.PathLike[str], alg: str = "sha512", *,
                 follow_symlinks: bool = True) -> bytes:
-    """fs-verity digest of the file at ``path``."""
+    """fs-verity digest of the file at ``path``.
+
+    ``follow_symlinks=False`` is for tree scanners: a symlink fails (ELOOP) and
+    so does anything but a regular file (EINVAL; a FIFO is not waited for), in
+    case the tree changed since it was listed.
+    """
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
     if not follow_symlinks:
-        flags |= os.O_NOFOLLOW
+        flags |= os.O_NOFOLLOW | os.O_NONBLOCK
     fd = os.open(path, flags)
     try:
+        if not follow_symlinks and not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
         return digest_fd(fd, alg)[0]
     finally:
         os.close(fd)

@@ -10,7 +10,7 @@ import io
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO, Protocol, cast
+from typing import IO, Any, Protocol, cast
 
 import zstandard
 
@@ -70,7 +70,7 @@ class VerifiedReader(io.RawIOBase):
     """Reads exactly ``size`` bytes of ``src``; at the end checks the digest.
     A short or long blob or a digest mismatch raises :class:`BlobError`."""
 
-    def __init__(self, src: BinaryIO, digest: str, size: int, what: str) -> None:
+    def __init__(self, src: Readable, digest: str, size: int, what: str) -> None:
         super().__init__()
         self._src = src
         self._digest = digest
@@ -89,15 +89,17 @@ class VerifiedReader(io.RawIOBase):
         if self._left == 0:
             self._finish()
             return 0
-        n = self._src.readinto(memoryview(b)[:min(len(b), self._left)])  # type: ignore[attr-defined]
+        data = self._src.read(min(len(b), self._left))
+        n = len(data)
+        memoryview(b)[:n] = data
         if not n:
             raise BlobError(f"{self._what}: blob {self._digest} is truncated "
                             f"({self._size - self._left} of {self._size} bytes)")
-        self._hash.update(memoryview(b)[:n])
+        self._hash.update(data)
         self._left -= n
         if self.on_read is not None:
             self.on_read(n)
-        return int(n)
+        return n
 
     def drain(self) -> None:
         """Read what is left and check it (call after a decoder stopped early)."""
@@ -117,11 +119,13 @@ class VerifiedReader(io.RawIOBase):
         self.verified = True
 
     def close(self) -> None:
-        self._src.close()
+        close = getattr(self._src, "close", None)
+        if close is not None:
+            close()
         super().close()
 
 
-def read_verified(src: BinaryIO, desc: Descriptor, what: str) -> bytes:
+def read_verified(src: Readable, desc: Descriptor, what: str) -> bytes:
     """A whole small blob (manifest, config), size- and digest-checked."""
     if desc.size > MAX_JSON:
         raise BlobError(f"{what}: {desc.size} bytes is too large for a JSON document")
@@ -138,10 +142,39 @@ def decompressor(media_type: str, raw: Readable) -> Readable:
     kind = TAR_MEDIA_TYPES[media_type]
     if kind is None:
         return raw
+    # docker-archive sources label uncompressed layers "+gzip": decode only
+    # when the magic agrees (the diff_id check catches anything else).
+    head = raw.read(4)
+    raw = _Prefixed(head, raw)
+    if not head.startswith(b"\x1f\x8b") and head != b"\x28\xb5\x2f\xfd":
+        return raw
+    kind = "gzip" if head.startswith(b"\x1f\x8b") else "zstd"
     if kind == "gzip":
         return _Guarded(gzip.GzipFile(fileobj=cast(IO[bytes], raw), mode="rb"), "gzip")
     return _Guarded(zstandard.ZstdDecompressor().stream_reader(
         cast(IO[bytes], raw), read_across_frames=True, closefd=False), "zstd")
+
+
+class _Prefixed(io.RawIOBase):
+    """``prefix`` followed by the rest of ``src`` (after a peek)."""
+
+    def __init__(self, prefix: bytes, src: Readable) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._src = src
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._prefix:
+            n = min(len(b), len(self._prefix))
+            memoryview(b)[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._src.read(len(b))
+        memoryview(b)[:len(data)] = data
+        return len(data)
 
 
 class _Guarded(io.RawIOBase):

@@ -195,13 +195,20 @@ def _sha(data: bytes, like: str) -> str:
     return f"{algo}:{hashlib.new(algo, data).hexdigest()}"
 
 
-def resolve_ref(repo: Repository, ref: str) -> str:
-    """A tag, or ``@sha256:…`` / bare ``sha256:…`` manifest digest."""
+def resolve_ref(repo: Repository, ref: str) -> tuple[str, bytes | None]:
+    """A tag, or ``@sha256:…`` / bare ``sha256:…`` manifest digest →
+    (manifest digest, manifest verity).  A tag yields the verity of the stream it
+    names (as upstream ``resolve_ref``), so the image opens without re-hashing
+    the manifest; a digest gives None (the manifest is re-hashed)."""
     if ref.startswith("@"):
-        return parse_digest(ref[1:])
+        return parse_digest(ref[1:]), None
     if ref.startswith(("sha256:", "sha512:")) and repo.has_stream(manifest_stream(ref)):
-        return ref
-    return resolve_tag(repo, ref)
+        return ref, None
+    digest = resolve_tag(repo, ref)
+    verity = repo.has_stream(manifest_stream(digest))
+    if verity is None:
+        raise OciImageError(f"OCI image not found: {ref} ({digest})")
+    return digest, verity
 
 
 # ---- filesystem ----------------------------------------------------------------------

@@ -139,6 +139,8 @@ def _lookup_dir(root: Directory, path: bytes, whole: bytes) -> Directory:
 
 def _split(path: bytes) -> tuple[bytes, bytes]:
     """(parent path, final name) with trailing '.' components ignored."""
+    if b"\0" in path:
+        raise MergeError(f"Invalid filename (NUL byte) in {_show(path)}")
     parts = [p for p in path.split(b"/") if p not in (b"", b".")]
     if not parts:
         return b"", b""

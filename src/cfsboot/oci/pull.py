@@ -91,13 +91,14 @@ class _DiffIdCheck:
         return f"{self._hash.name}:{self._hash.hexdigest()}"
 
 
-def open_source(imgref: str) -> ImageSource:
+def open_source(imgref: str, *, tls_verify: bool = True,
+                authfile: str | None = None) -> ImageSource:
     ref = parse_image_ref(imgref)
     if ref.transport == "oci":
         path, tag = split_layout_tag(ref.details)
         return OciLayout(path, tag)
     from cfsboot.oci.registry import SkopeoSource
-    return SkopeoSource(imgref)
+    return SkopeoSource(imgref, tls_verify=tls_verify, authfile=authfile)
 
 
 def ensure_layer(repo: Repository, source: ImageSource, diff_id: str, desc: Descriptor,
@@ -140,20 +141,26 @@ def _import_layers(repo: Repository, source: ImageSource, pairs: list[tuple[Desc
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo) or 1))) as pool:
         futures = [(diff_id, pool.submit(ensure_layer, repo, source, diff_id, desc, progress))
                    for desc, diff_id in todo]
-        for diff_id, fut in futures:
-            v, s = fut.result()
-            verity[diff_id] = v
-            stats.add(s)
+        try:
+            for diff_id, fut in futures:
+                v, s = fut.result()
+                verity[diff_id] = v
+                stats.add(s)
+        except BaseException:
+            for _, fut in futures:  # stop layers not yet started; fail fast
+                fut.cancel()
+            raise
     return verity
 
 
 def pull(repo: Repository, imgref: str, tag: str | None = None, *,
-         jobs: int | None = None, progress: Progress | None = None) -> PullResult:
+         jobs: int | None = None, progress: Progress | None = None,
+         tls_verify: bool = True, authfile: str | None = None) -> PullResult:
     """§3.1: import ``imgref`` and tag it ``tag`` (None: no tag)."""
     repo.ensure_writable()
     if tag is not None:
         encode_tag(tag)  # refuse a bad name before doing any work
-    source = open_source(imgref)
+    source = open_source(imgref, tls_verify=tls_verify, authfile=authfile)
     try:
         stats = SplitStats()
         manifest_digest, raw_manifest = source.manifest()

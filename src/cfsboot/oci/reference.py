@@ -49,7 +49,7 @@ def split_layout_tag(details: str) -> tuple[str, str | None]:
 
 def parse_digest(text: str) -> str:
     """Validate an OCI digest (``sha256:<64 hex>`` or ``sha512:<128 hex>``)."""
-    if not isinstance(text, str) or not _DIGEST.match(text):
+    if not isinstance(text, str) or not _DIGEST.fullmatch(text):
         raise ReferenceError(f"invalid OCI digest {text!r}")
     return text
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import threading
 from typing import Any, BinaryIO
 
 from cfsboot.errors import CfsError
-from cfsboot.oci.blobs import Descriptor, VerifiedReader, read_verified
+from cfsboot.oci.blobs import MEDIA_CONFIG, Descriptor, VerifiedReader, read_verified
 
 MAX_REPLY = 32 * 1024
 MIN_PROTOCOL = (0, 2, 3)
@@ -39,10 +40,46 @@ class _PipeReader(VerifiedReader):
         self._finished = False
 
     def _finish(self) -> None:
-        super()._finish()
+        # skopeo closes its end of the pipe only inside FinishPipe, so EOF (the
+        # "nothing beyond size" check) can be seen only after that call.
         if not self._finished:
             self._finished = True
             self._proxy.call("FinishPipe", [self._pipeid])
+        super()._finish()
+
+
+class _FinishingPipe(io.RawIOBase):
+    """A pipe of unknown length: FinishPipe runs concurrently (skopeo closes
+    its end only inside that call)."""
+
+    def __init__(self, proxy: SkopeoSource, f: BinaryIO, pipeid: int) -> None:
+        super().__init__()
+        self._f = f
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._finish, args=(proxy, pipeid))
+        self._thread.start()
+
+    def _finish(self, proxy: SkopeoSource, pipeid: int) -> None:
+        try:
+            proxy.call("FinishPipe", [pipeid])
+        except BaseException as e:  # re-raised in the reading thread
+            self._errors.append(e)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._f.readinto(b)  # type: ignore[attr-defined]
+        if not n:
+            self._thread.join()
+            if self._errors:
+                raise self._errors[0]
+        return int(n or 0)
+
+    def close(self) -> None:
+        self._f.close()
+        self._thread.join()
+        super().close()
 
 
 class SkopeoSource:
@@ -102,7 +139,8 @@ class SkopeoSource:
         if not reply.get("success"):
             for f in files:
                 f.close()
-            raise ProxyError(f"{self.imgref}: {method}: {reply.get('error')}")
+            error = " ".join(str(reply.get("error")).split())  # one line
+            raise ProxyError(f"{self.imgref}: {method}: {error}")
         return reply.get("value"), files[0] if files else None, int(reply.get("pipeid") or 0)
 
     def _stderr_tail(self) -> str:
@@ -114,9 +152,10 @@ class SkopeoSource:
         digest, f, pipeid = self.call("GetManifest", [self._image])
         if f is None:
             raise ProxyError("GetManifest returned no data")
-        with f:
-            data = f.read((4 << 20) + 1)
-        self.call("FinishPipe", [pipeid])
+        with _FinishingPipe(self, f, pipeid) as pipe:
+            data = pipe.read((4 << 20) + 1)
+            if len(data) <= 4 << 20:
+                pipe.read()  # EOF: FinishPipe's result
         if len(data) > 4 << 20:
             raise ProxyError("manifest is too large")
         return str(digest), data
@@ -128,11 +167,25 @@ class SkopeoSource:
         return _PipeReader(self, pipeid, f, desc, what)
 
     def read_blob(self, desc: Descriptor, what: str) -> bytes:
-        r = self.open_blob(desc, what)
+        try:
+            r = self.open_blob(desc, what)
+        except ProxyError:
+            if desc.media_type != MEDIA_CONFIG:
+                raise
+            # Docker-format sources: the proxy converts the manifest, and the
+            # converted config exists only through GetFullConfig (skopeo 1.9
+            # cannot GetBlob it).  Its bytes must still hash to the descriptor.
+            return self._full_config(desc)
         with r:
             data = r.read()
             r.drain()
         return data
+
+    def _full_config(self, desc: Descriptor) -> bytes:
+        _, f, pipeid = self.call("GetFullConfig", [self._image])
+        if f is None:
+            raise ProxyError("GetFullConfig returned no data")
+        return read_verified(_FinishingPipe(self, f, pipeid), desc, "config")
 
     def close(self) -> None:
         try:

@@ -51,8 +51,11 @@ def verify_checksum(hdr: bytes) -> None:
     stored = parse_numeric(hdr[148:156], "checksum")
     masked = hdr[:148] + b" " * 8 + hdr[156:]
     unsigned = sum(masked)
-    signed = sum(b - 256 if b > 127 else b for b in masked)
-    if stored not in (unsigned, signed):
+    if stored == unsigned:
+        return
+    # old BSD tars summed signed chars: subtract 256 for every byte >= 128
+    signed = unsigned - 256 * sum(1 for b in masked if b > 127)
+    if stored != signed:
         raise TarError("tar header checksum mismatch (corrupt or not a tar archive)")
 
 
