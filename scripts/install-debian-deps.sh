@@ -3,7 +3,7 @@
 # Runs only as root on Debian/Ubuntu; elsewhere the tests that need them skip.
 set -euo pipefail
 PKGS=(erofs-utils fsverity sbsigntool osslsigncode mtools dosfstools attr debootstrap
-      systemd-boot-efi efitools softhsm2 libengine-pkcs11-openssl ovmf pcre2-utils)
+      systemd-boot-efi efitools softhsm2 libengine-pkcs11-openssl ovmf pcre2-utils skopeo umoci docker-registry)
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "install-debian-deps: not root or no apt-get; tests needing ${PKGS[*]} will skip" >&2
   exit 0

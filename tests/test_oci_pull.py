@@ -348,3 +348,51 @@ def test_artifact_blob_layers(repo: Repository, tmp_path: Path) -> None:
         assert len(r.object_refs) == 1
         with repo.open_object(r.object_refs[0]) as f:
             assert f.read() == payload
+
+
+def test_gc_keeps_tagged_images(repo: Repository, tmp_path: Path) -> None:
+    """A tag keeps manifest, config, layers, objects and the linked EROFS alive."""
+    from cfsboot.oci.image import untag_image
+    from cfsboot.repository.gc import gc
+    src = tmp_path / "tree"
+    sample_tree(src)
+    make_layout(tmp_path / "l", [gnu_tar(src)], "gzip")
+    res = pull(repo, f"oci:{tmp_path / 'l'}", "keep")
+    before = bootable_id(repo, "keep")
+    gc(repo)
+    assert bootable_id(repo, "keep") == before
+    assert res.image_id is not None and os.path.exists(f"{repo.path}/images/{res.image_id.hex()}")
+    untag_image(repo, "keep")
+    gc(repo)
+    assert repo.list_streams() == [] and repo.list_images() == []
+
+
+def _archive(layout: Path, out: Path, extra: list[tarfile.TarInfo] | None = None) -> None:
+    with tarfile.open(out, "w") as tf:
+        for info_ in extra or []:
+            tf.addfile(info_)
+        tf.add(layout, arcname=".")
+
+
+def test_native_oci_archive(repo: Repository, tmp_path: Path,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without skopeo, oci-archive: is read in place; same result as the layout."""
+    monkeypatch.setattr("cfsboot.oci.pull.shutil.which", lambda name: None)
+    src = tmp_path / "tree"
+    sample_tree(src)
+    man, _ = make_layout(tmp_path / "l", [gnu_tar(src)], "zstd", tag="v1")
+    _archive(tmp_path / "l", tmp_path / "a.tar")
+    res = pull(repo, f"oci-archive:{tmp_path / 'a.tar'}:v1", "a")
+    assert res.manifest_digest == man
+    assert bootable_id(repo, "a") == compute_composefs_digest(str(src), DigestOptions()).digest
+    # a blob smuggled in as a symlink member is not followed: it is "missing"
+    link = tarfile.TarInfo(f"blobs/sha256/{man[7:]}")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    (tmp_path / "l2").mkdir()
+    shutil.copy(tmp_path / "l/index.json", tmp_path / "l2/index.json")
+    _archive(tmp_path / "l2", tmp_path / "b.tar", [link])
+    with pytest.raises(CfsError, match="missing"):
+        pull(repo, f"oci-archive:{tmp_path / 'b.tar'}", "b")
+    (tmp_path / "c.tar").write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(CfsError, match="OCI archive"):
+        pull(repo, f"oci-archive:{tmp_path / 'c.tar'}", "c")

@@ -215,6 +215,10 @@ def test_duplicate_pax(repo: Repository) -> None:
     bad(repo, x + x + raw_header(b"a") + end_blocks(), "duplicate PAX")
 
 
+def test_trailing_flood_rejected(repo: Repository) -> None:
+    bad(repo, py_tar([file_entry("a", b"x")]) + bytes(17 << 20), "after the end")
+
+
 def test_parse_numeric_forms() -> None:
     assert parse_numeric(b" 0000644\0", "m") == 0o644
     assert parse_numeric(b"0000644 \0\0", "m") == 0o644

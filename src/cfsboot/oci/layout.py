@@ -97,13 +97,16 @@ class OciLayout:
 
     # -- manifest selection --------------------------------------------------------
 
-    def _index(self) -> dict[str, Any]:
+    def _open_index(self) -> BinaryIO:
         try:
             fd = os.open("index.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
                          dir_fd=self._dir)
         except FileNotFoundError:
             raise LayoutError(f"{self.path}: not an OCI layout (no index.json)") from None
-        with os.fdopen(fd, "rb") as f:
+        return os.fdopen(fd, "rb")
+
+    def _index(self) -> dict[str, Any]:
+        with self._open_index() as f:
             data = f.read((4 << 20) + 1)
         if len(data) > 4 << 20:
             raise LayoutError(f"{self.path}: index.json is too large")

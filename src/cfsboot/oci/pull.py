@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Protocol
 
 from cfsboot.erofs.writer import mkfs_erofs
 from cfsboot.errors import CfsError
+from cfsboot.oci.archive import OciArchive
 from cfsboot.oci.blobs import (
     MEDIA_CONFIG,
     MEDIA_DELTA,
@@ -97,6 +99,9 @@ def open_source(imgref: str, *, tls_verify: bool = True,
     if ref.transport == "oci":
         path, tag = split_layout_tag(ref.details)
         return OciLayout(path, tag)
+    if ref.transport == "oci-archive" and shutil.which("skopeo") is None:
+        path, tag = split_layout_tag(ref.details)
+        return OciArchive(path, tag)
     from cfsboot.oci.registry import SkopeoSource
     return SkopeoSource(imgref, tls_verify=tls_verify, authfile=authfile)
 

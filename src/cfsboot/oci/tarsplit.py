@@ -9,7 +9,7 @@ pieces, so a layer never has to fit in memory.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cfsboot.oci.blobs import Readable
 from cfsboot.oci.tarheader import (
@@ -26,6 +26,7 @@ from cfsboot.repository import CONTENT_OCI_LAYER, Repository, SplitStreamWriter
 
 INLINE_CONTENT_MAX = 64
 PIECE = 1 << 20
+MAX_TRAILING = 16 << 20
 
 
 @dataclass(slots=True)
@@ -36,7 +37,6 @@ class SplitStats:
     objects_present: int = 0
     bytes_stored: int = 0
     bytes_inline: int = 0
-    methods: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: SplitStats) -> None:
         self.entries += other.entries
@@ -101,7 +101,14 @@ def split_tar(repo: Repository, src: Readable, *, progress: Callable[[int], None
             buf += more
         if isinstance(result, EndOfArchive):
             inline(buf)
+            trailing = 0
             while rest := inp.read(PIECE):
+                # kept inline for a bit-exact stream; real tars pad to at most a
+                # 10 KiB record, so a flood here is a decompression bomb
+                trailing += len(rest)
+                if trailing > MAX_TRAILING:
+                    raise TarError(f"more than {MAX_TRAILING >> 20} MiB of data after the "
+                                   "end of the tar archive")
                 inline(rest)
             return writer, stats
         if isinstance(result, GlobalPax):
