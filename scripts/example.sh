@@ -10,7 +10,12 @@ OUT=${EXAMPLE_OUT:-$(mktemp -d /tmp/cfsboot-example.XXXXXX)}
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/cfsboot-example
 ROOT=$OUT/root
 rm -rf "$ROOT" "$OUT/keys"; mkdir -p "$OUT" "$CACHE"
-say() { printf '%-22s %s\n' "$1" "$2"; }
+say() { printf '%-30s %s\n' "$1" "$2"; }
+# Run an independent check; a failing check fails the example.
+check() {
+  local label=$1; shift
+  if "$@" >/dev/null 2>&1; then say "$label" "ok"; else say "$label" "FAILED: $*"; exit 1; fi
+}
 
 .venv/bin/python scripts/make-example-root.py "$ROOT"
 placeholder_kver=6.12.0-example
@@ -54,18 +59,17 @@ case " $cmdline " in
   *" composefs=$digest "*) say "final tree digest:" "$digest = the UKI's composefs= (the seal holds)" ;;
   *) echo "example: the sealed tree's digest $digest is not the UKI's!" >&2; exit 1 ;;
 esac
-$CFSBOOT seal verify "$ROOT" --cert "$OUT/keys/db.crt" >/dev/null && say "cfsboot seal verify:" "ok"
+check "cfsboot seal verify:" $CFSBOOT seal verify "$ROOT" --cert "$OUT/keys/db.crt"
 for f in "$uki" "$ROOT/boot/EFI/BOOT/BOOTX64.EFI"; do
   if command -v sbverify >/dev/null; then
-    sbverify --cert "$OUT/keys/db.crt" "$f" >/dev/null 2>&1 && say "sbverify:" "ok  $(basename "$f")"
-  fi
+    check "sbverify $(basename "$f"):" sbverify --cert "$OUT/keys/db.crt" "$f"
+  else say "sbverify:" "not installed (make deps as root), skipped"; fi
   if command -v osslsigncode >/dev/null; then
-    osslsigncode verify -CAfile "$OUT/keys/db.crt" -in "$f" >/dev/null 2>&1 \
-      && say "osslsigncode verify:" "ok  $(basename "$f")"
-  fi
+    check "osslsigncode $(basename "$f"):" osslsigncode verify -CAfile "$OUT/keys/db.crt" -in "$f"
+  else say "osslsigncode:" "not installed (make deps as root), skipped"; fi
 done
 $CFSBOOT mkcomposefs --format 1 --hash sha512 --from-file "$OUT/root.dump" "$OUT/root.cfs"
 if command -v fsck.erofs >/dev/null; then
-  fsck.erofs "$OUT/root.cfs" >/dev/null 2>&1 && say "fsck.erofs:" "ok  $OUT/root.cfs (the sealed image's EROFS)"
-fi
+  check "fsck.erofs root.cfs:" fsck.erofs "$OUT/root.cfs"
+else say "fsck.erofs:" "not installed (make deps as root), skipped"; fi
 say "outputs:" "$OUT"
