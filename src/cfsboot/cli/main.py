@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,21 +48,37 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if sys.stdout is None or sys.stderr is None:
+        # Started with stdout/stderr closed (`>&-`): there is nowhere to put
+        # results or errors; refuse rather than fail half-way.
+        return 1
+    if sys.stdin is None:
+        sys.stdin = open(os.devnull)  # noqa: SIM115  (`<&-`: reads see end of file)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         rc: int = args.func(args)
+        sys.stdout.flush()
     except CfsError as e:
-        print(f"cfsboot: {e}", file=sys.stderr)
-        return 1
+        return _fail(str(e))
+    except BrokenPipeError:
+        # The reader went away (`| head`): exit as a SIGPIPE'd tool would,
+        # without Python's complaint when it flushes stdout again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
-        print(f"cfsboot: {e.strerror or e}{where}", file=sys.stderr)
-        return 1
+        return _fail(f"{e.strerror or e}{where}")
     except KeyboardInterrupt:
-        print("cfsboot: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", 130)
     return rc
+
+
+def _fail(message: str, status: int = 1) -> int:
+    """One line on stderr, whatever the message contains."""
+    line = " ".join(message.split()) or "failed"
+    print(f"cfsboot: {line}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
