@@ -303,3 +303,47 @@ def test_digest_file_without_following_refuses_links_and_special_files(tmp_path:
         digest_file(tmp_path / "fifo", follow_symlinks=False)  # must not hang
     assert info.value.errno == errno.EINVAL
     assert info.value.filename == str(tmp_path / "fifo")
+
+
+def test_digest_files_detailed_reports_size_and_stat(tmp_path: Path) -> None:
+    """The richer result: same digests as digest_files, the bytes read and the
+    fstat identity of what was read, in input order, lazily fed, in parallel."""
+    paths = make_files(tmp_path, 60)
+    expected = dict(digest_files(paths, "sha256", 1))
+    got = list(files.digest_files_detailed(iter(paths), "sha256", 2, follow_symlinks=False))
+    assert [p for p, _ in got] == paths
+    for path, result in got:
+        st = os.lstat(path)
+        assert result.digest == expected[path] == reference_digest(path.read_bytes(), "sha256")
+        assert result.size == st.st_size
+        assert (result.st_mode, result.st_dev, result.st_ino, result.st_size,
+                result.st_mtime_ns, result.st_ctime_ns) == (
+            st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        assert result.unchanged
+    assert_no_children()
+
+
+def test_digest_file_detailed_sees_growth_and_refuses_links(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    grows = tmp_path / "grows"
+    grows.write_bytes(b"g" * 5000)
+    real = files.digest_fd
+
+    def growing(fd: int, alg: str = "sha512", **kw: Any) -> tuple[bytes, int]:
+        with open(grows, "ab") as f:
+            f.write(b"more")
+        return real(fd, alg, **kw)
+
+    monkeypatch.setattr(files, "digest_fd", growing)
+    result = files.digest_file_detailed(grows)
+    assert (result.st_size, result.size, result.unchanged) == (5000, 5004, False)
+    monkeypatch.undo()
+    os.symlink(grows, tmp_path / "link")
+    with pytest.raises(OSError) as info:
+        files.digest_file_detailed(tmp_path / "link", follow_symlinks=False)
+    assert info.value.errno == errno.ELOOP
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError) as info:
+        files.digest_file_detailed(tmp_path / "fifo", follow_symlinks=False)
+    assert (info.value.errno, info.value.strerror) == (errno.EINVAL, files.NOT_REGULAR)

@@ -11,11 +11,13 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import need_root, need_tool
 
+from cfsboot.fsverity import files as fsverity_files
 from cfsboot.tree import scan as scan_mod
 from cfsboot.tree.model import (
     BlockDevice,
@@ -291,9 +293,10 @@ def test_hashing_error_stops_the_pool(tmp_path: Path) -> None:
         raise OSError(5, "Input/output error")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(scan_mod, "digest_fd", failing)
+        patch_digest_fd(mp, failing)
         with pytest.raises(ScanError, match="Input/output error"):
             scan_directory(str(tmp_path), ScanOptions(threads=4))
+    assert_no_children()
 
 
 def test_file_changing_size_is_detected(tmp_path: Path) -> None:
@@ -305,9 +308,83 @@ def test_file_changing_size_is_detected(tmp_path: Path) -> None:
         return real(fd, alg, **kw)  # type: ignore[arg-type]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(scan_mod, "digest_fd", growing)
+        patch_digest_fd(mp, growing)
         with pytest.raises(ScanError, match="changed size"):
             scan_directory(str(tmp_path))
+
+
+def patch_digest_fd(mp: pytest.MonkeyPatch, fake: Callable[..., tuple[bytes, int]]) -> None:
+    """Replace digest_fd where both pipelines call it: the thread pool (with a
+    sink) and the forked workers (without one; they inherit the patch)."""
+    mp.setattr(scan_mod, "digest_fd", fake)
+    mp.setattr(fsverity_files, "digest_fd", fake)
+
+
+def assert_no_children() -> None:
+    """Every worker process was reaped (none left running or as a zombie)."""
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_file_replaced_after_listing_is_detected(tmp_path: Path) -> None:
+    """A file that became a symlink (or another inode) between the walk and its
+    hashing is refused, never followed; the workers are reaped."""
+    for i in range(40):
+        (tmp_path / f"f{i:02d}").write_bytes(bytes([i]) * 5000)
+    real_entries = scan_mod._entries
+
+    def to_symlink(path: bytes) -> None:
+        os.unlink(path)
+        os.symlink(b"f00", path)
+
+    def to_new_inode(path: bytes) -> None:
+        with open(path + b".new", "wb") as f:
+            f.write(b"n" * 5000)
+        os.rename(path + b".new", path)  # the old inode is still alive: a new number
+
+    for threads in (1, 2):
+        for replace in (to_symlink, to_new_inode):
+            def entries_then_replace(dir_path: bytes, replace: Callable[[bytes], None] = replace
+                                     ) -> list[tuple[bytes, bytes, os.stat_result]]:
+                listed = real_entries(dir_path)
+                replace(os.path.join(dir_path, b"f07"))  # after lstat, before hashing
+                return listed
+
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(scan_mod, "_entries", entries_then_replace)
+                with pytest.raises(ScanError, match="/f07 was replaced while scanning"):
+                    scan_directory(str(tmp_path), ScanOptions(threads=threads))
+            assert_no_children()
+            (tmp_path / "f07").unlink()
+            (tmp_path / "f07").write_bytes(bytes([7]) * 5000)
+
+
+def test_processes_and_threads_agree(tmp_path: Path) -> None:
+    """The forked pipeline (no sink) and the threaded one (with a sink) build
+    the same tree, hard links included, and hash each inode once."""
+    from cfsboot.tree.digest_store import FlatDigestStore
+    src = tmp_path / "src"
+    for i in range(300):
+        d = src / f"d{i % 7}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}").write_bytes(bytes([i % 251]) * (i * 997 % 70000))
+    (src / "big").write_bytes(b"B" * (3 << 20))  # held back until the walk ends
+    os.link(src / "big", src / "d0" / "big-link")
+    os.link(src / "d1" / "f1", src / "d2" / "f1-link")
+    plain = scan_directory(str(src), ScanOptions(threads=2))
+    stored = scan_directory(str(src), ScanOptions(
+        threads=2, sink=FlatDigestStore(str(tmp_path / "store"), enable_verity=False)))
+    def shape(root: Directory) -> dict[bytes, object]:  # Leaf compares by identity
+        return {path: (node.stat, node.content if isinstance(node, Leaf) else None)
+                for path, node in walk(root)}
+
+    assert shape(plain.root) == shape(stored.root)
+    links = [plain.root.get_path(p) for p in (b"/big", b"/d0/big-link", b"/d1/f1", b"/d2/f1-link")]
+    assert links[0] is links[1] and links[2] is links[3]
+    assert plain.counts == stored.counts
+    assert plain.counts.bytes_hashed == plain.counts.bytes_external  # each inode once
+    assert plain.counts.hardlinks == 2
+    assert_no_children()
 
 
 def test_object_path_of_scanned_file(tmp_path: Path) -> None:
@@ -355,3 +432,35 @@ def test_progress_bar_only_changes_stderr(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert stdout == b"6000000\n"
     assert b"Hashing" in drawn
+
+
+def test_huge_thread_count_is_capped(tmp_path: Path) -> None:
+    """--threads 10**20 must not try to start that many hashers."""
+    for i in range(20):
+        (tmp_path / f"f{i}").write_bytes(bytes([i]) * 3000)
+    result = scan_directory(str(tmp_path), ScanOptions(threads=10**20))
+    assert result.counts.external_files == 20
+    assert_no_children()
+
+
+def test_walk_error_while_hashing_stops_the_workers(tmp_path: Path) -> None:
+    """A directory that fails after files were handed to the workers: one clear
+    error, and every worker process is gone."""
+    for d in range(6):
+        (tmp_path / f"d{d}").mkdir()
+        for i in range(30):
+            (tmp_path / f"d{d}" / f"f{i}").write_bytes(bytes([i]) * 20000)
+    real_entries = scan_mod._entries
+    calls = []
+
+    def failing_later(dir_path: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
+        calls.append(dir_path)
+        if len(calls) == 4:
+            raise ScanError(f"cannot read directory {os.fsdecode(dir_path)}: Input/output error")
+        return real_entries(dir_path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scan_mod, "_entries", failing_later)
+        with pytest.raises(ScanError, match="Input/output error"):
+            scan_directory(str(tmp_path), ScanOptions(threads=2))
+    assert_no_children()

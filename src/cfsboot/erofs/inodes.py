@@ -91,6 +91,7 @@ class Inode:
     xattrs: list[Xattr] = field(default_factory=list)  # inline ones after sharing
     bloom: int = 0
     shared: list[int] = field(default_factory=list)  # shared table positions
+    chunk_format: int = 0  # CHUNKED, V0/V1: log2(chunk size) - BLOCK_BITS
     n_blocks: int = 0  # full data blocks (directories: dirent blocks)
     tail: int = 0  # bytes stored inline after the xattrs
     dir_blocks: list[list[DirEntry]] = field(default_factory=list)
@@ -129,6 +130,9 @@ class _XattrAdder:
     def __init__(self, opts: Options) -> None:
         self.use_lustre = not opts.epoch1
         self.replace = opts.c_compat
+        # The bloom bits of every external file's two overlay xattrs, once.
+        self.overlay_bloom = (_bloom_bit(fmt.OVERLAY_METACOPY, self.use_lustre)
+                              | _bloom_bit(fmt.OVERLAY_REDIRECT, self.use_lustre))
 
     def add_own(self, inode: Inode, name: bytes, value: bytes) -> None:
         """One of the node's own (stat) xattrs: names are already unique."""
@@ -234,6 +238,8 @@ class Collector:
         return len(self.inodes) - 1
 
     def _add_stat_xattrs(self, inode: Inode, stat: Stat) -> None:
+        if not stat.xattrs:
+            return
         for name, value in sorted(stat.xattrs.items()):
             if name.startswith(fmt.OVERLAY_PREFIX):
                 name = fmt.OVERLAY_ESCAPED_PREFIX + name[len(fmt.OVERLAY_PREFIX):]
@@ -314,8 +320,14 @@ class Collector:
         digest = c.digest
         if digest is not None and len(digest) not in (32, 64):
             raise ErofsWriteError(f"fs-verity digest of {len(digest)} bytes (must be 32 or 64)")
-        self.xattrs.add(inode, fmt.OVERLAY_METACOPY, fmt.metacopy_value(digest))
-        if c.path or not self.opts.c_compat:  # C skips an empty payload
+        metacopy = fmt.metacopy_value(digest)
+        if not self.opts.c_compat:  # the common case (one per external file), inlined
+            inode.bloom |= self.xattrs.overlay_bloom
+            inode.xattrs += ((fmt.OVERLAY_METACOPY, metacopy),
+                             (fmt.OVERLAY_REDIRECT, b"/" + c.path))
+            return
+        self.xattrs.add(inode, fmt.OVERLAY_METACOPY, metacopy)
+        if c.path:  # C skips an empty payload
             self.xattrs.add(inode, fmt.OVERLAY_REDIRECT, b"/" + c.path)
 
     def _initial_tail(self, inode: Inode, content: object) -> None:
@@ -331,19 +343,23 @@ class Collector:
             elif inode.kind == SYMLINK:
                 inode.tail = inode.size
             return
-        if inode.kind == INLINE and inode.size:
-            n, t = divmod(inode.size, fmt.BLOCK_SIZE)
+        kind, size = inode.kind, inode.size
+        if kind == CHUNKED:  # the usual leaf of a container tree first
+            if size:
+                bits = _chunk_bits(size)  # once per file: layout reuses chunk_format
+                inode.chunk_format = bits - fmt.BLOCK_BITS
+                count = -(-size >> bits)
+                if self.opts.c_compat and count > C_MAX_CHUNKS:
+                    raise ErofsWriteError(f"File too large: {size} bytes needs {count} "
+                                          f"chunks (C mkcomposefs allows {C_MAX_CHUNKS})")
+                inode.tail = fmt.CHUNK_ENTRY_SIZE * count
+        elif kind == INLINE and size:
+            n, t = divmod(size, fmt.BLOCK_SIZE)
             if t > fmt.BLOCK_SIZE // 2:
                 n, t = n + 1, 0
             inode.n_blocks, inode.tail = n, t
-        elif inode.kind == SYMLINK:
-            inode.tail = inode.size
-        elif inode.kind == CHUNKED and inode.size:
-            count = chunk_count(inode.size)
-            if self.opts.c_compat and count > C_MAX_CHUNKS:
-                raise ErofsWriteError(f"File too large: {inode.size} bytes needs {count} "
-                                      f"chunks (C mkcomposefs allows {C_MAX_CHUNKS})")
-            inode.tail = fmt.CHUNK_ENTRY_SIZE * count
+        elif kind == SYMLINK:
+            inode.tail = size
 
     # -- 6.5, V2
     def _collect_dfs(self, root: Directory) -> None:

@@ -11,6 +11,7 @@ Padding is therefore never computed twice and cannot disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cfsboot.erofs import format as fmt
 from cfsboot.erofs.inodes import (
@@ -25,7 +26,6 @@ from cfsboot.erofs.inodes import (
     Inode,
     Options,
     Xattr,
-    chunk_format,
     entry_size,
     split_name,
 )
@@ -50,6 +50,7 @@ class Placement:
     xattr_size: int
     layout: int  # fmt.LAYOUT_*
     blkaddr: int = 0  # first data block, if the inode has data blocks
+    xattr_entries: bytes = b""  # the inline xattr entries, encoded once (by place)
 
 
 @dataclass(slots=True)
@@ -78,6 +79,13 @@ def xattr_size(inode: Inode, use_lustre: bool) -> int:
         return 0
     return (fmt.XATTR_IBODY_HEADER.size + 4 * len(inode.shared)
             + sum(entry_size(n, v, use_lustre) for n, v in inode.xattrs))
+
+
+def _xattr_entries(xattrs: list[Xattr], use_lustre: bool) -> bytes:
+    """The encoded inline entries of one inode (their size is what place needs)."""
+    if len(xattrs) == 1:
+        return _xattr_entry(*xattrs[0], use_lustre)
+    return b"".join([_xattr_entry(n, v, use_lustre) for n, v in xattrs])
 
 
 def _fits_compact(inode: Inode, mtime: tuple[int, int]) -> bool:
@@ -159,15 +167,19 @@ def place(inodes: list[Inode], table: list[Xattr], opts: Options) -> Layout:
     use_lustre = not opts.epoch1
     mtime = min_mtime(inodes, opts) if opts.epoch1 else (0, 0)
     placements: list[Placement] = []
+    append = placements.append
     pos = fmt.FIRST_INODE_OFFSET
+    header = fmt.XATTR_IBODY_HEADER.size
+    slot_mask = fmt.SLOT_SIZE - 1
     for inode in inodes:
-        xs = xattr_size(inode, use_lustre)
+        entries = _xattr_entries(inode.xattrs, use_lustre) if inode.xattrs else b""
+        xs = header + 4 * len(inode.shared) + len(entries) if entries or inode.shared else 0
         if opts.epoch1:
             compact = _fits_compact(inode, mtime)
             hs = fmt.COMPACT_INODE.size if compact else fmt.EXTENDED_INODE.size
             _promote_epoch1(inode, hs, xs)
             layout = _data_layout(inode, opts)
-            pos = _round_up(pos, fmt.SLOT_SIZE)
+            pos = (pos + slot_mask) & ~slot_mask
             pos += _pad_epoch1(inode, pos, hs, xs, layout)
         else:
             compact, hs = False, fmt.EXTENDED_INODE.size
@@ -175,7 +187,7 @@ def place(inodes: list[Inode], table: list[Xattr], opts: Options) -> Layout:
             pos = _round_up(pos, fmt.SLOT_SIZE)
             pos += _pad_v2(inode, pos, xs, layout)
             _check_v2_tail(inode, pos + hs + xs)
-        placements.append(Placement(pos, compact, xs, layout))
+        append(Placement(pos, compact, xs, layout, 0, entries))
         pos += hs + xs + inode.tail
     inodes_end = _round_up(pos, fmt.SLOT_SIZE)
     table_offsets = []
@@ -198,7 +210,7 @@ def place(inodes: list[Inode], table: list[Xattr], opts: Options) -> Layout:
 def _i_u(inode: Inode, p: Placement, opts: Options) -> int:
     k = inode.kind
     if k == CHUNKED:
-        cf = chunk_format(inode.size) if opts.epoch1 else _V2_CHUNK_FORMAT
+        cf = inode.chunk_format if opts.epoch1 else _V2_CHUNK_FORMAT
         return (p.blkaddr & 0xFFFF0000) | cf if inode.n_blocks else cf
     if k in (CHRDEV, BLKDEV):
         return inode.rdev
@@ -215,17 +227,28 @@ def _dirent_chunk(entries: list[DirEntry], nids: list[int]) -> bytes:
     return bytes(out)
 
 
+# Zero padding after an entry, by the entry's unpadded length mod 4.
+_XATTR_PAD = [bytes(-n % fmt.XATTR_ALIGN) for n in range(fmt.XATTR_ALIGN)]
+
+
 def _xattr_entry(name: bytes, value: bytes, use_lustre: bool) -> bytes:
+    head = _entry_head(name, len(value), use_lustre)
+    return head + value + _XATTR_PAD[(len(head) + len(value)) & 3]
+
+
+@lru_cache(maxsize=4096)
+def _entry_head(name: bytes, value_size: int, use_lustre: bool) -> bytes:
+    """Entry header and name suffix: the same for every file's metacopy (and
+    redirect) xattr, whose values all have one length."""
     index, suffix = split_name(name, use_lustre)
-    raw = fmt.XATTR_ENTRY.pack(len(suffix), index, len(value)) + suffix + value
-    return raw + bytes(-len(raw) % fmt.XATTR_ALIGN)
+    return fmt.XATTR_ENTRY.pack(len(suffix), index, value_size) + suffix
 
 
-def _xattr_body(inode: Inode, refs: list[int], use_lustre: bool) -> bytes:
-    parts = [fmt.XATTR_IBODY_HEADER.pack(~inode.bloom & _U32, len(inode.shared))]
-    parts += [fmt.SHARED_REF.pack(refs[s]) for s in inode.shared]
-    parts += [_xattr_entry(n, v, use_lustre) for n, v in inode.xattrs]
-    return b"".join(parts)
+def _xattr_body(inode: Inode, refs: list[int], entries: bytes) -> bytes:
+    head = fmt.XATTR_IBODY_HEADER.pack(~inode.bloom & _U32, len(inode.shared))
+    if not inode.shared:
+        return head + entries
+    return b"".join([head, *[fmt.SHARED_REF.pack(refs[s]) for s in inode.shared], entries])
 
 
 def _inline_part(inode: Inode, nids: list[int]) -> bytes:
@@ -304,7 +327,7 @@ def emit(inodes: list[Inode], table: list[Xattr], lay: Layout, opts: Options,
             raise ErofsWriteError(f"too many xattrs on one inode ({p.xattr_size} bytes)")
         pos = p.offset + _pack_inode(buf, idx, inode, p, opts, xattr_icount)
         if p.xattr_size:
-            body = _xattr_body(inode, refs, use_lustre)
+            body = _xattr_body(inode, refs, p.xattr_entries)
             assert len(body) == p.xattr_size, "xattr size differs between passes"
             buf[pos:pos + len(body)] = body
             pos += len(body)

@@ -11,6 +11,8 @@ xattrs and directory entries) and ``layout`` (offsets, padding, bytes).
 
 from __future__ import annotations
 
+import gc
+
 from cfsboot.erofs import format as fmt
 from cfsboot.erofs.inodes import Collector, ErofsWriteError, Options, has_acl, share_xattrs
 from cfsboot.erofs.layout import emit, place
@@ -33,12 +35,21 @@ def mkfs_erofs(root: Directory, version: int = 1, *, c_compat: bool = False) -> 
     if c_compat and version > C_MAX_VERSION:
         raise ErofsWriteError(f"C mkcomposefs has no format version {version}")
     opts = Options(version, c_compat)
-    inodes = Collector(root, opts).collect()
-    flags = (fmt.COMPOSEFS_FLAG_HAS_ACL
-             if opts.epoch1 and has_acl(inodes, c_compat) else 0)
-    table = share_xattrs(inodes, opts)
-    layout = place(inodes, table, opts)
-    return emit(inodes, table, layout, opts, flags)
+    # The writer makes ~10 objects per inode and frees none until the end, so
+    # the cyclic GC would rescan the growing heap (and the caller's tree) again
+    # and again: that was half the time on 28k inodes.  It makes no cycles.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        inodes = Collector(root, opts).collect()
+        flags = (fmt.COMPOSEFS_FLAG_HAS_ACL
+                 if opts.epoch1 and has_acl(inodes, c_compat) else 0)
+        table = share_xattrs(inodes, opts)
+        layout = place(inodes, table, opts)
+        return emit(inodes, table, layout, opts, flags)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 def c_effective_version(root: Directory, min_version: int, max_version: int) -> int:

@@ -31,9 +31,9 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar, cast
 
 from cfsboot.errors import CfsError
 from cfsboot.fsverity.digest import FsVerityHasher, hash_constructor, whole_digest
@@ -116,16 +116,60 @@ def digest_file(path: str | os.PathLike[str], alg: str = "sha512", *,
     so does anything but a regular file (EINVAL; a FIFO is not waited for), in
     case the tree changed since it was listed.
     """
+    fd = _open(path, follow_symlinks)
+    try:
+        return digest_fd(fd, alg)[0]
+    finally:
+        os.close(fd)
+
+
+class FileDigest(NamedTuple):
+    """What :func:`digest_file_detailed` saw: enough for a scanner to check that
+    the file it hashed is the one it listed, and whether to cache the digest.
+    The ``st_*`` fields are the open file's fstat before reading (a few fields,
+    not an ``os.stat_result``: this crosses a pipe once per file)."""
+
+    digest: bytes
+    size: int  # bytes actually read
+    st_mode: int
+    st_dev: int
+    st_ino: int
+    st_size: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+    unchanged: bool  # fstat after reading: same device, inode, size, mtime and ctime
+
+
+def digest_file_detailed(path: str | os.PathLike[str], alg: str = "sha512", *,
+                         follow_symlinks: bool = True) -> FileDigest:
+    """:func:`digest_file`, plus the bytes read and the file's stat before/after."""
+    fd = _open(path, follow_symlinks)
+    try:
+        before = os.fstat(fd)
+        digest, size = digest_fd(fd, alg)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    key = _stat_key(before)
+    return FileDigest(digest, size, before.st_mode, *key, unchanged=_stat_key(after) == key)
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _open(path: str | os.PathLike[str], follow_symlinks: bool) -> int:
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
     if not follow_symlinks:
         flags |= os.O_NOFOLLOW | os.O_NONBLOCK
     fd = os.open(path, flags)
-    try:
-        if not follow_symlinks and not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
-        return digest_fd(fd, alg)[0]
-    finally:
+    if not follow_symlinks and not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
+        raise OSError(errno.EINVAL, NOT_REGULAR, os.fspath(path))
+    return fd
+
+
+NOT_REGULAR = "not a regular file"  # strerror of the EINVAL for follow_symlinks=False
 
 
 def default_threads() -> int:
@@ -135,7 +179,7 @@ def default_threads() -> int:
 
 def digest_files(paths: Iterable[P], alg: str = "sha512", threads: int | None = None,
                  *, sizes: Sequence[int] | None = None,
-                 follow_symlinks: bool = True) -> Iterator[tuple[P, bytes]]:
+                 follow_symlinks: bool = True) -> Generator[tuple[P, bytes], None, None]:
     """fs-verity digests of many files, hashed in parallel; yields (path, digest)
     **in input order**.
 
@@ -150,6 +194,29 @@ def digest_files(paths: Iterable[P], alg: str = "sha512", threads: int | None = 
     itself.  An OSError from a file is raised by the iterator when that file's
     turn comes; closing the iterator early stops the workers.
     """
+    results = _digest_many(paths, alg, threads, sizes, follow_symlinks, digest_file)
+    return cast(Generator[tuple[P, bytes], None, None], results)
+
+
+def digest_files_detailed(paths: Iterable[P], alg: str = "sha512", threads: int | None = None,
+                          *, sizes: Sequence[int] | None = None,
+                          follow_symlinks: bool = True
+                          ) -> Generator[tuple[P, FileDigest], None, None]:
+    """:func:`digest_files` yielding (path, :class:`FileDigest`): the bytes read
+    and the file's stat too, for scanners that must notice a file that changed
+    or was replaced since it was listed."""
+    results = _digest_many(paths, alg, threads, sizes, follow_symlinks, digest_file_detailed)
+    return cast(Generator[tuple[P, FileDigest], None, None], results)
+
+
+# How one file is hashed (digest_file or digest_file_detailed); workers
+# inherit it through fork, so it need not be picklable.
+_OneFile = Callable[..., "bytes | FileDigest"]
+
+
+def _digest_many(paths: Iterable[P], alg: str, threads: int | None,
+                 sizes: Sequence[int] | None, follow_symlinks: bool,
+                 one_file: _OneFile) -> Generator[tuple[P, bytes | FileDigest], None, None]:
     hash_constructor(alg)
     workers = default_threads() if threads is None else threads
     if sizes is not None:
@@ -169,9 +236,9 @@ def digest_files(paths: Iterable[P], alg: str = "sha512", threads: int | None = 
         tasks = enumerate(itertools.chain(first, source))
         parallel = len(first) > 1
     if workers <= 1 or not parallel or not hasattr(os, "fork"):
-        yield from _in_order(tasks, lambda t: _digest_here(t, alg, follow_symlinks))
+        yield from _in_order(tasks, lambda t: _digest_here(t, alg, follow_symlinks, one_file))
         return
-    pool = _ForkedPool(alg, workers, follow_symlinks)
+    pool = _ForkedPool(alg, workers, follow_symlinks, one_file)
     try:
         yield from _in_order(tasks, pool.run)
     finally:
@@ -196,12 +263,13 @@ class _Failure(NamedTuple):
     strerror: str
 
 
-_Result = bytes | _Failure
+_Result = bytes | FileDigest | _Failure
 _Engine = Callable[[Iterator[tuple[int, "str | os.PathLike[str]"]]],
                    Iterator[tuple[int, _Result]]]
 
 
-def _in_order(tasks: Iterator[tuple[int, P]], engine: _Engine) -> Iterator[tuple[P, bytes]]:
+def _in_order(tasks: Iterator[tuple[int, P]], engine: _Engine
+              ) -> Iterator[tuple[P, bytes | FileDigest]]:
     """Run ``tasks`` (sequence number, path) on ``engine``, which yields results
     as they complete; yield (path, digest) by sequence number."""
     paths: dict[int, P] = {}
@@ -226,10 +294,10 @@ def _in_order(tasks: Iterator[tuple[int, P]], engine: _Engine) -> Iterator[tuple
 
 
 def _digest_here(tasks: Iterator[tuple[int, str | os.PathLike[str]]], alg: str,
-                 follow_symlinks: bool) -> Iterator[tuple[int, _Result]]:
+                 follow_symlinks: bool, one_file: _OneFile) -> Iterator[tuple[int, _Result]]:
     for seq, path in tasks:
         try:
-            yield seq, digest_file(path, alg, follow_symlinks=follow_symlinks)
+            yield seq, one_file(path, alg, follow_symlinks=follow_symlinks)
         except OSError as e:
             yield seq, _Failure(e.errno or 0, e.strerror or str(e))
 
@@ -245,7 +313,7 @@ _REPORT_EVERY_SECONDS = 0.002
 
 # A worker's report: finished (seq, digest), failed (seq, errno, strerror), and
 # whether this is its last message (a worker that vanishes without one died).
-_Report = tuple[list[tuple[int, bytes]], list[tuple[int, int, str]], bool]
+_Report = tuple[list[tuple[int, bytes | FileDigest]], list[tuple[int, int, str]], bool]
 
 
 class _ForkedPool:
@@ -258,9 +326,11 @@ class _ForkedPool:
     results in batches over its own pipe.
     """
 
-    def __init__(self, alg: str, workers: int, follow_symlinks: bool) -> None:
+    def __init__(self, alg: str, workers: int, follow_symlinks: bool,
+                 one_file: _OneFile | None = None) -> None:
         self._alg = alg
         self._follow = follow_symlinks
+        self._one_file = one_file or digest_file  # looked up now: tests patch it
         self._window = _TASKS_AHEAD_PER_WORKER * workers
         self._shm = mmap.mmap(-1, _STOP_FLAG.size)
         self._feed, self._queue = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -300,7 +370,8 @@ class _ForkedPool:
     # ---- worker side ------------------------------------------------------
 
     def _work(self, conn: Connection) -> None:
-        done: list[tuple[int, bytes]] = []
+        done: list[tuple[int, bytes | FileDigest]] = []
+        one_file = self._one_file
         failed: list[tuple[int, int, str]] = []
         last_report = time.monotonic()
         queue = self._queue
@@ -319,7 +390,7 @@ class _ForkedPool:
             (seq,) = _SEQ.unpack_from(task)
             path = os.fsdecode(task[_SEQ.size :])
             try:
-                done.append((seq, digest_file(path, self._alg, follow_symlinks=self._follow)))
+                done.append((seq, one_file(path, self._alg, follow_symlinks=self._follow)))
             except OSError as e:
                 failed.append((seq, e.errno or 0, e.strerror or str(e)))
             now = time.monotonic()

@@ -8,26 +8,37 @@ is kept — filtering is the transforms' job.  Regular files of at most
 objects named by their fs-verity digest.
 
 The pipeline is built for throughput: one thread walks the metadata (cheap
-syscalls) and hands every large file to a pool of hashing threads as soon as
-it is found.  The pool takes the largest known file first, so big files start
-early and the work ends evenly.  Each file is read exactly once, in large
-reads, through a bounded buffer; with a sink, the same chunks are copied into
-the object store.  With a cache, unchanged files are not read at all.
+syscalls) and hands every large file to the hashers as soon as it is found,
+so the walk overlaps the hashing.  Each file is read exactly once, in large
+reads, through a bounded buffer.  With a cache, unchanged files are not read
+at all.
+
+Without a sink (only digests are wanted) the hashers are forked processes
+(``digest_files_detailed``): fs-verity hashes 4 KiB blocks one by one, and
+threads doing that keep fighting over the GIL.  Files of up to 1 MiB are fed
+in walk order while the walk goes on; larger ones are held back and fed
+largest first once the walk is done, so the last files hashed are small and
+the workers finish together.  With a sink (an object store), the same chunks
+are also copied into the store, which a pool of threads does: the walker
+queues each directory's files and the threads take the largest known first.
 """
 
 from __future__ import annotations
 
 import errno
+import gc
 import heapq
 import os
 import stat as st_
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from cfsboot.errors import CfsError
 from cfsboot.fsverity import digest_fd
+from cfsboot.fsverity.files import NOT_REGULAR, FileDigest, digest_files_detailed
 from cfsboot.tree.digest_store import ObjectSink
 from cfsboot.tree.hashcache import HashCache, TreeFingerprint, cache_key
 from cfsboot.tree.model import (
@@ -51,6 +62,8 @@ _UNHASHED = External(0, b"", None)
 
 _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Files larger than this are hashed after the walk, largest first (see above).
+_DEFER_BYTES = 1 << 20
 
 
 class ScanError(CfsError):
@@ -62,11 +75,11 @@ class ScanOptions:
     alg: str = "sha512"
     inline_max: int = 64  # composefs-rs INLINE_CONTENT_MAX_V0; 64 inline, 65 external
     track_hardlinks: bool = True  # (st_dev, st_ino) → one Leaf; C mkcomposefs: False
-    threads: int | None = None  # hashing threads; None = usable CPUs
+    threads: int | None = None  # hashing processes (threads with a sink); None = usable CPUs
     sink: ObjectSink | None = None
     cache: HashCache | None = None
     progress: bool = False  # a progress bar on stderr (callers pass isatty())
-    bufsize: int = 1 << 20  # read size per hashing thread
+    bufsize: int = 1 << 20  # read size per hashing thread (with a sink; workers read 1 MiB)
     fingerprint: TreeFingerprint | None = None  # fed every entry's stat identity
 
 
@@ -100,15 +113,25 @@ def scan_directory(path: str, options: ScanOptions | None = None) -> ScanResult:
     threads = options.threads if options.threads is not None else _usable_cpus()
     if threads < 1:
         raise ScanError(f"invalid thread count {threads}")
+    # Hashing is CPU-bound: hashers beyond a few per CPU only add contention
+    # (and a huge --threads would fork or start until memory runs out).
+    threads = min(threads, max(8, 4 * _usable_cpus()))
     root_path = os.fsencode(path)
     root_st = _open_root(root_path)
     scanner = _Scanner(root_path, options)
-    pool = _HashPool(threads, scanner.hash_job, scanner.progress)
+    # The walk makes a few objects per entry and frees none: without this the
+    # cyclic GC rescans the growing tree again and again.  It makes no cycles.
+    # (Forked hashers inherit the setting; they keep nothing either.)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
-        root = scanner.walk(root_st, pool)
-        pool.finish()
+        if options.sink is None:
+            root = scanner.scan_with_processes(root_st, threads)
+        else:
+            root = scanner.scan_with_threads(root_st, threads)
     finally:
-        pool.stop()
+        if gc_was_enabled:
+            gc.enable()
         scanner.progress.close()
     if options.sink is not None:
         options.sink.flush()
@@ -160,9 +183,75 @@ class _Scanner:
         self.progress = ByteProgress(options.progress, "Hashing")
         self._lock = threading.Lock()
 
+    # ---- the two pipelines -------------------------------------------------
+
+    def scan_with_threads(self, root_st: os.stat_result, threads: int) -> Directory:
+        root = Directory(_stat(self.root_path, root_st))
+        pool = _HashPool(threads, self.hash_job, self.progress)
+        try:
+            for batch in self.walk(root, root_st):
+                pool.check()  # the first error stops the walk too
+                if batch:
+                    pool.submit(batch)
+            pool.finish()
+        finally:
+            pool.stop()
+        return root
+
+    def scan_with_processes(self, root_st: os.stat_result, workers: int) -> Directory:
+        root = Directory(_stat(self.root_path, root_st))
+        fed: deque[_Job] = deque()  # jobs handed to the workers, in order
+
+        def feed() -> Iterator[str]:
+            deferred: list[_Job] = []
+            for batch in self.walk(root, root_st):
+                if batch:
+                    self.progress.add_total(sum(job.st.st_size for job in batch))
+                for job in batch:
+                    if job.st.st_size > _DEFER_BYTES:
+                        deferred.append(job)
+                    else:
+                        fed.append(job)
+                        yield os.fsdecode(job.path)
+            deferred.sort(key=lambda job: job.st.st_size, reverse=True)
+            for job in deferred:
+                fed.append(job)
+                yield os.fsdecode(job.path)
+
+        # Results come in the order fed; the generator is closed on any error,
+        # which stops and reaps the workers.
+        results = digest_files_detailed(feed(), self.options.alg, workers,
+                                        follow_symlinks=False)
+        try:
+            for _, result in results:
+                self._hashed(fed.popleft(), result)  # raises ScanError, never OSError
+        except OSError as e:  # a file the workers could not read
+            raise _read_error(e) from e
+        finally:
+            results.close()
+        return root
+
+    def _hashed(self, job: _Job, result: FileDigest) -> None:
+        """Check what a worker read against what the walk listed, then use it."""
+        listed = job.st
+        if not st_.S_ISREG(result.st_mode) or (result.st_dev, result.st_ino) != (
+                listed.st_dev, listed.st_ino):
+            raise ScanError(f"{_shown(job.path)} was replaced while scanning")
+        if result.size != listed.st_size:
+            raise ScanError(f"{_shown(job.path)} changed size while scanning "
+                            f"({listed.st_size} -> {result.size} bytes)")
+        cache = self.options.cache
+        if (cache is not None and result.unchanged
+                and (result.st_size, result.st_mtime_ns, result.st_ctime_ns)
+                == (listed.st_size, listed.st_mtime_ns, listed.st_ctime_ns)):
+            cache.record(listed, result.digest)  # as listed, and unchanged while read
+        self._done(job, result.digest, hashed=result.size)
+        self.progress.advance(result.size)
+
     # ---- metadata walk (one thread) ----------------------------------------
 
-    def walk(self, root_st: os.stat_result, pool: _HashPool) -> Directory:
+    def walk(self, root: Directory, root_st: os.stat_result) -> Iterator[list[_Job]]:
+        """Fill ``root``; yield, directory by directory, the files to hash."""
         # The hot loop of a scan (10⁵ entries): locals, no helper calls for
         # the common cases.
         opts = self.options
@@ -172,14 +261,12 @@ class _Scanner:
         counts = self.counts
         seen: dict[tuple[int, int], Leaf] = {}  # hard links, when tracked
         jobs: dict[tuple[int, int], _Job] = {}  # inodes queued, when not tracked
-        root = Directory(_stat(self.root_path, root_st))
         counts.directories += 1
         stack: list[tuple[Directory, bytes]] = [(root, self.root_path)]
         fingerprint = opts.fingerprint
         if fingerprint is not None:
             fingerprint.entry(b"", root_st)
         while stack:
-            pool.check()
             directory, dir_path = stack.pop()
             children = directory.entries
             entries = _entries(dir_path)
@@ -220,9 +307,7 @@ class _Scanner:
                 if track:
                     seen[ident] = leaf
                 children[name] = leaf
-            if batch:
-                pool.submit(batch)
-        return root
+            yield batch
 
     def _content(self, path: bytes, st: os.stat_result, fmt: int) -> LeafContent:
         counts = self.counts
@@ -399,6 +484,14 @@ class _HashPool:
                     self._cond.notify_all()
                 return
             self._progress.advance(job.st.st_size)
+
+
+def _read_error(e: OSError) -> ScanError:
+    """A file the workers could not hash, as one clear line."""
+    path = os.fsdecode(e.filename) if e.filename is not None else "?"
+    if e.errno == errno.ELOOP or (e.errno == errno.EINVAL and e.strerror == NOT_REGULAR):
+        return ScanError(f"{path} was replaced while scanning")  # now a symlink/special file
+    return ScanError(f"cannot read {path}: {e.strerror}")
 
 
 def _entries(dir_path: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
