@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import RS_VECTORS, VECTORS, load_json, need_vectors
 
 from cfsboot.cli.main import main
-from conftest import RS_VECTORS, VECTORS, load_json, need_vectors
 
 
 def c_cases() -> list[dict[str, Any]]:

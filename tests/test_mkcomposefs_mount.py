@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import need_root
 
 from cfsboot.cli.main import main
-from conftest import need_root
 
 
 def _mount(args: list[str]) -> None:
