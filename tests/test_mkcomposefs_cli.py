@@ -127,3 +127,34 @@ def test_directory_with_digest_store(tmp_path: Path) -> None:
     digest = fsverity_digest(big, "sha256").hex()
     assert (store / digest[:2] / digest[2:]).read_bytes() == big
     assert [p.name for p in store.rglob("*") if p.is_file()] == [digest[2:]]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["composefs-info", "ls", "/dev/zero"], "more than 1024 MiB"),
+    (["composefs-info", "ls", "/"], "is a directory"),
+    (["composefs-info", "measure-file", "/dev/zero"], "not a regular file"),
+    (["mkcomposefs", "--from-file", "/", "x.cfs"], "is a directory"),
+    (["mkcomposefs", "--max-version=-1", "--from-file", "-", "x.cfs"], "format version"),
+    (["mkcomposefs", "--min-version=2", "--from-file", "-", "x.cfs"], "format version"),
+])
+def test_odd_inputs_one_line(argv: list[str], message: str, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("cfsboot.inputs.STREAM_LIMIT", 1 << 20)
+    monkeypatch.setattr("cfsboot.inputs.read_input.__defaults__", (1 << 20,))
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err.replace("1 MiB", "1024 MiB") and err.count("\n") == 1, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_negative_mtime_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """composefs-rs writes a pre-1970 mtime as a negative number; we read it back."""
+    dump = b"/ 0 40755 2 0 0 0 -315619200.500000000 - - -\n/f 0 100644 1 0 0 0 -1.0 - - -\n"
+    (tmp_path / "in.dump").write_bytes(dump)
+    assert main(["mkcomposefs", "--from-file", str(tmp_path / "in.dump"),
+                 str(tmp_path / "out.cfs")]) == 0
+    capsys.readouterr()
+    assert main(["composefs-info", "dump", str(tmp_path / "out.cfs")]) == 0
+    assert capsys.readouterr().out.encode() == dump

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from collections.abc import Iterable
 
 from cfsboot.erofs.reader import ErofsError, list_objects, read_erofs
 from cfsboot.errors import CfsError
-from cfsboot.fsverity import VerityUnsupported, digest_file, measure_verity
+from cfsboot.fsverity import VerityUnsupported, digest_fd, measure_verity
+from cfsboot.inputs import read_input
 from cfsboot.tree.dumpfile import write_dumpfile
 from cfsboot.tree.model import Directory, External, Leaf, Symlink, walk
 
@@ -68,8 +70,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def load_tree(path: str, filters: Iterable[str] = ()) -> Directory:
     """Decode the image at ``path``; errors name the file."""
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_input(path, "composefs image")
     try:
         root = read_erofs(data)
     except ErofsError as e:
@@ -149,8 +150,7 @@ def _objects(paths: list[str], filters: list[str]) -> list[bytes]:
         if filters:
             found.update(_tree_objects(load_tree(path, filters)))
             continue
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_input(path, "composefs image")
         try:
             found.update(list_objects(data))
         except ErofsError as e:
@@ -209,17 +209,21 @@ def _exists(dirfd: int, relpath: bytes) -> bool:
 
 def measure_file(path: str, alg: str) -> bytes:
     """The kernel's fs-verity digest when enabled with ``alg``, else computed."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CfsError(f"failed to measure '{path}': not a regular file")
         try:
             measured = measure_verity(fd)
         except VerityUnsupported:
             measured = None
         if measured is not None and measured[0] == alg:
             return measured[1]
+        os.set_blocking(fd, True)
+        digest, _size = digest_fd(fd, alg)  # the file we checked, not the path again
+        return digest
     finally:
         os.close(fd)
-    return digest_file(path, alg)
 
 
 def cmd_measure_file(args: argparse.Namespace) -> int:

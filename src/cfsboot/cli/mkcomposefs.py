@@ -18,6 +18,7 @@ from cfsboot.atomic import atomic_write_bytes
 from cfsboot.erofs.writer import c_effective_version, mkfs_erofs
 from cfsboot.errors import CfsError
 from cfsboot.fsverity import fsverity_digest
+from cfsboot.inputs import read_input
 from cfsboot.tree.digest_store import FlatDigestStore
 from cfsboot.tree.dumpfile import parse_dumpfile
 from cfsboot.tree.model import BlockDevice, CharDevice, Directory, walk
@@ -82,7 +83,8 @@ def choose_mode(args: argparse.Namespace) -> Mode:
         # As C: setting either option starts both from 0; max is raised to min.
         lo = args.min_version or 0
         hi = max(args.max_version or 0, lo)
-    if not 0 <= lo <= C_MAX_SUPPORTED_VERSION or not 0 <= hi <= C_MAX_SUPPORTED_VERSION:
+    if any(v is not None and not 0 <= v <= C_MAX_SUPPORTED_VERSION
+           for v in (args.min_version, args.max_version)):
         raise CfsError("unsupported format version (C mkcomposefs knows "
                        f"0..{C_MAX_SUPPORTED_VERSION}; use --format 2 for composefs-rs V2)")
     return Mode(True, "sha256", lo, hi)
@@ -125,11 +127,7 @@ def load_source(args: argparse.Namespace, mode: Mode) -> Directory:
     if args.from_file:
         if args.digest_store:
             raise CfsError("--digest-store needs a directory SOURCE, not a dumpfile")
-        if args.source == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(args.source, "rb") as f:
-                data = f.read()
+        data = read_input(args.source, "dumpfile")
         return parse_dumpfile(data, flavor="c" if mode.c_compat else "rs")
     if not os.path.isdir(args.source):
         raise CfsError(f"{args.source}: not a directory (use --from-file for a dumpfile)")

@@ -93,11 +93,18 @@ def fixed_numbers(fields: list[bytes], small_max: int) -> tuple[int, int, int, i
 def parse_mtime(field: bytes) -> tuple[int, int]:
     """``SEC.NSEC`` (split at the first ``.``; NSEC counts nanoseconds, < 10**9).
 
-    SEC is a u64 stored as i64 (two's complement wrap, as both upstreams do)."""
+    SEC is a u64 stored as i64 (two's complement wrap, as both upstreams do).
+    A negative SEC is accepted too: composefs-rs's writer prints a pre-1970
+    mtime that way (its own parser then refuses it; we read our output back)."""
     sec_s, dot, nsec_s = field.partition(b".")
     if not dot:
         raise LineError(f"invalid mtime '{_show(field)}' (missing '.')")
-    sec = parse_dec(sec_s, U64_MAX, "mtime seconds")
+    if sec_s.startswith(b"-") and sec_s[1:].isdigit():
+        sec = -int(sec_s[1:])
+        if sec < -(2**63):
+            raise LineError(f"mtime seconds {sec} out of range")
+    else:
+        sec = parse_dec(sec_s, U64_MAX, "mtime seconds")
     nsec = parse_dec(nsec_s, U64_MAX, "mtime nanoseconds")
     if nsec >= 10**9:
         raise LineError(f"mtime nanoseconds {nsec} not below 10^9")
