@@ -77,3 +77,10 @@ def test_no_kernel_and_two_kernels(tmp_path: Path, capsys: pytest.CaptureFixture
     with pytest.raises(PrerequisiteError, match="more than one kernel"):
         find_kernel(str(tmp_path))
     assert main(["container", "inspect", "--rootfs", str(tmp_path)]) == 1
+
+
+def test_rootfs_must_be_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["container", "inspect", "--rootfs", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"cfsboot: --rootfs {tmp_path / 'nope'} is not a directory (it does not exist)\n"

@@ -93,3 +93,23 @@ def test_sealed_cmdline_order_and_reserved() -> None:
         with pytest.raises(KargsError, match="not allowed"):
             sealed_cmdline([], D, False, [bad])
     assert sealed_cmdline(["composefs_backup=1"], D, False) == f"composefs_backup=1 composefs={D}"
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: p.mkdir(), "/usr/lib/bootc/kargs.d/10-x.toml is a directory; kargs.d files "
+                          "must be regular files"),
+    (lambda p: p.symlink_to("/missing.toml"), "/usr/lib/bootc/kargs.d/10-x.toml is a symlink "
+                                              "to a missing file"),
+    (lambda p: p.symlink_to("/etc/cfsboot-only-in-root"), "/usr/lib/bootc/kargs.d/10-x.toml is a "
+                                                "symlink; kargs.d files must be regular files"),
+], ids=["directory", "dangling-symlink", "symlink"])
+def test_kargs_entry_not_a_regular_file(tmp_path: Path, make: object, message: str) -> None:
+    d = tmp_path / "usr/lib/bootc/kargs.d"
+    d.mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/cfsboot-only-in-root").write_text("x")   # resolved in the root
+    make(d / "10-x.toml")  # type: ignore[operator]
+    with pytest.raises(KargsError) as info:
+        kargs_in_root(str(tmp_path), "x86_64")
+    assert str(info.value) == message or str(info.value).startswith(message)
+    assert "\n" not in str(info.value)

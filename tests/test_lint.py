@@ -188,3 +188,33 @@ def test_list_and_unknown_skip(root: Path, capsys: pytest.CaptureFixture[str]) -
     assert "- name: var-tmpfiles\n  type: warning" in capsys.readouterr().out
     assert main(["container", "lint", "--rootfs", str(root), "--skip", "nope"]) == 1
     assert "unknown lint 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_rootfs_must_be_a_directory(tmp_path: Path, kind: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "nonexistent"
+    if kind == "file":
+        target.write_text("not a root")
+    capsys.readouterr()
+    assert main(["container", "lint", "--rootfs", str(target)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"cfsboot: --rootfs {target} is not a directory")
+    assert captured.err.count("\n") == 1
+
+
+@pytest.mark.parametrize("kind", ["directory", "dangling-symlink"])
+def test_kargs_entry_not_a_file(root: Path, kind: str,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    d = root / "usr/lib/bootc/kargs.d"
+    d.mkdir(parents=True)
+    if kind == "directory":
+        (d / "10-x.toml").mkdir()
+    else:
+        (d / "10-x.toml").symlink_to("/nonexistent.toml")
+    r = results(root)["bootc-kargs"]
+    assert not r.ok
+    message = r.message(truncate=False)
+    assert "/usr/lib/bootc/kargs.d/10-x.toml is " + (
+        "a directory" if kind == "directory" else "a symlink to a missing file") in message

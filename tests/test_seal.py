@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import TREE_VECTORS, need_root, need_tool
 
-from cfsboot.boot import authenticode, keys, seal, uki
+from cfsboot.boot import authenticode, keys, seal, seal_install, uki
 from cfsboot.cli.main import main
-from cfsboot.errors import CfsError
 
 KVER = "6.1.0-sample"
 SD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
@@ -196,7 +195,7 @@ def test_verify_reports_interrupted_seal_and_lint_accepts_sealed(
     (sample / "boot/.cfsboot-seal-abc").mkdir()                  # as seal leaves it: /boot's
     os.utime(sample / "boot", ns=(st.st_atime_ns, st.st_mtime_ns))   # times put back
     check = seal.verify_seal(str(sample), allow_unsigned=True)
-    assert [p for p in check.problems if "interrupted seal" in p]
+    assert [p for p in check.problems if "interrupted seal" in p and "just remove it" in p]
     assert check.sealed_digest == check.tree_digest
 
 
@@ -352,24 +351,29 @@ def test_failed_final_check_rolls_back(sample: Path, monkeypatch: pytest.MonkeyP
     before = snapshot(sample)
     monkeypatch.setattr(uki, "check_uki", lambda image, digest=None: ["injected problem"])
     with pytest.raises(seal.SealError, match="refusing to seal: injected problem"):
-        seal.seal(str(sample))
+        seal.seal(str(sample), seal.SealOptions(force=True))
     assert snapshot(sample) == before
 
 
-def test_symlinked_efi_dir_is_refused(sample: Path, tmp_path: Path) -> None:
+def test_symlinked_efi_dir_is_refused(sample: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (sample / "boot/EFI").symlink_to(outside)
     before = snapshot(sample)
-    with pytest.raises(CfsError, match="'EFI' is not a subdirectory"):   # the digest's check
-        seal.seal(str(sample))
+    capsys.readouterr()
+    assert main(["seal", str(sample), "--unsigned"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{sample}/boot/EFI is a symlink" in err, err
     assert snapshot(sample) == before and os.listdir(outside) == []
-    # ... and the writer's own check, in case the digest ever accepted it
-    inputs = seal.check_prerequisites(str(sample))
-    tx = seal._SealTransaction(inputs)
-    with pytest.raises(seal.SealError, match="is not a directory"):
-        tx.prepare({"boot/EFI/Linux/x.efi": b"x"})
-    tx.rollback()
+    assert main(["seal", "verify", str(sample)]) == 1
+    assert capsys.readouterr().err == \
+        f"cfsboot: {sample}/boot/EFI is a symlink: not a sealed layout\n"
+    # ... and the writer's own check, in case the prerequisites ever accepted it
+    install = seal_install.SealInstall(str(sample), f"usr/lib/modules/{KVER}")
+    with pytest.raises(seal_install.InstallError, match="is not a directory"):
+        install.prepare({"boot/EFI/Linux/x.efi": b"x"})
+    install.rollback()
     assert snapshot(sample) == before and os.listdir(outside) == []
 
 
@@ -379,13 +383,14 @@ def test_digest_mismatch_rolls_back(sample: Path, monkeypatch: pytest.MonkeyPatc
     calls = []
 
     def fake(rootfs: str, threads: int | None = None, cache_dir: str | None = None) -> str:
-        calls.append(rootfs)
-        return real(rootfs, threads, cache_dir) if len(calls) == 1 else "0" * 128
+        calls.append(rootfs)   # the check of the tree on disk, after the install
+        assert real(rootfs, threads, cache_dir) != "0" * 128
+        return "0" * 128
 
     monkeypatch.setattr(seal, "tree_digest", fake)
     with pytest.raises(seal.SealError, match=r"final tree.s digest 0+ differs"):
         seal.seal(str(sample))
-    assert snapshot(sample) == before
+    assert snapshot(sample) == before and len(calls) == 1
 
 
 # --- external signing ------------------------------------------------------------------------
@@ -498,6 +503,295 @@ def test_image_own_stub_is_preferred(sample: Path, tmp_path: Path,
     own.write_bytes(b"not a PE stub")
     assert main(["seal", str(sample), "--unsigned"]) == 1
     assert "stub" in capsys.readouterr().err.lower()
-    assert main(["seal", str(sample), "--unsigned", "--stub", str(host_stub)]) == 0
+    assert main(["seal", str(sample), "--unsigned", "--stub", str(host_stub), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["stub"], doc["stub_origin"]) == (str(host_stub), "option")
     built = uki.inspect_uki((sample / f"boot/EFI/Linux/{KVER}.efi").read_bytes())
-    assert built.cmdline.startswith("composefs=")
+    assert built.cmdline is not None and built.cmdline.startswith("composefs=")
+
+
+# --- interruptions: the digest never touches the tree; signals roll back ----------------------
+
+KILL_SCRIPT = """
+import os, signal, sys
+from cfsboot.boot import seal
+where = sys.argv[2]
+real = getattr(seal, where)
+def killed(*args, **kwargs):
+    if where == "tree_digest":   # the check after the install step
+        real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+setattr(seal, where, killed)
+seal.seal(sys.argv[1])
+"""
+
+
+def test_kill_9_after_digest_leaves_tree_untouched(sample: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """kill -9 once the digest of the final tree is known: nothing was changed, and
+    sealing again just works (the old design had moved the kernel away by then)."""
+    before = snapshot(sample)
+    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(sample), "_build"])
+    assert done.returncode == -9
+    assert snapshot(sample) == before
+    assert main(["seal", str(sample), "--unsigned"]) == 0
+    assert seal.verify_seal(str(sample), allow_unsigned=True).ok
+
+
+def test_kill_9_during_install_is_recoverable(sample: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """kill -9 in the install step leaves a stage directory; verify and seal say what
+    to do, and doing it gives a tree whose seal verifies."""
+    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(sample), "tree_digest"])
+    assert done.returncode == -9
+    stages = [n for n in os.listdir(sample / "boot") if n.startswith(".cfsboot-seal-")]
+    assert len(stages) == 1
+    check = seal.verify_seal(str(sample), allow_unsigned=True)
+    assert check.sealed_digest == check.tree_digest
+    assert len(check.problems) == 1 and "if the seal verifies, just remove it" in \
+        check.problems[0]
+    assert sorted(os.listdir(sample / "boot" / stages[0])) == ["initramfs.img", "vmlinuz"]
+    capsys.readouterr()
+    assert main(["seal", str(sample), "--unsigned"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "left from an interrupted seal" in err
+    st = os.lstat(sample / "boot")
+    shutil.rmtree(sample / "boot" / stages[0])
+    os.utime(sample / "boot", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert seal.verify_seal(str(sample), allow_unsigned=True).ok
+
+
+def _signal_during_install(monkeypatch: pytest.MonkeyPatch, signum: int) -> None:
+    """Deliver ``signum`` to ourselves once the new files are in place and the kernel
+    files removed (the check of the final tree runs then)."""
+    import signal
+    import time
+
+    def interrupted(*args: object, **kwargs: object) -> str:
+        os.kill(os.getpid(), signum)
+        time.sleep(5)   # the handler raises during the sleep
+        raise AssertionError("the signal did not interrupt sealing")
+
+    monkeypatch.setattr(seal, "tree_digest", interrupted)
+    assert signal.getsignal(signum) is not None
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_sigterm_and_ctrl_c_roll_back(sample: Path, monkeypatch: pytest.MonkeyPatch,
+                                      name: str) -> None:
+    import signal
+    signum = getattr(signal, name)
+    handler = signal.getsignal(signum)
+    before = snapshot(sample)
+    _signal_during_install(monkeypatch, signum)
+    with pytest.raises(KeyboardInterrupt if name == "SIGINT" else seal.SealInterrupted):
+        seal.seal(str(sample))
+    assert snapshot(sample) == before
+    assert signal.getsignal(signum) is handler   # put back
+
+
+def test_sighup_rolls_back_via_cli(sample: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import signal
+    (sample / "boot/EFI/BOOT").mkdir(parents=True)     # an existing loader is restored too
+    shutil.copyfile(SD_BOOT, sample / "boot/EFI/BOOT/BOOTX64.EFI")
+    before = snapshot(sample)
+    _signal_during_install(monkeypatch, signal.SIGHUP)
+    capsys.readouterr()
+    assert main(["seal", str(sample), "--unsigned"]) == 1
+    assert capsys.readouterr().err == ("cfsboot: interrupted by SIGHUP; the tree was left "
+                                       "as it was\n")
+    assert snapshot(sample) == before
+
+
+def test_digest_is_computed_without_touching_the_tree(sample: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    before = snapshot(sample)
+    real = seal._build
+    seen = []
+
+    def build(*args: object) -> object:
+        seen.append(snapshot(sample) == before)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(seal, "_build", build)
+    seal.seal(str(sample))
+    assert seen == [True]
+
+
+def test_external_signing_on_read_only_mount(sample: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    need_root()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    before = snapshot(sample)
+    subprocess.run(["mount", "--bind", str(sample), str(ro)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+        with pytest.raises(OSError):
+            (ro / "probe").write_bytes(b"")
+        assert main(["seal", str(ro), "--external-signing", str(tmp_path / "out")]) == 0
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+    assert snapshot(sample) == before
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    # The same digest as sealing in place computes (and verifies on disk).
+    assert seal.seal(str(sample)).digest == manifest["digest"]
+
+
+# --- messages, manifests, caches, existing loaders ---------------------------------------------
+
+def test_no_cert_warns_integrity_only(external: tuple[Path, Path, dict[str, bytes]],
+                                      tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    root, out, signed = external
+    rc, err = _inject(root, out, signed, tmp_path, capsys)
+    assert rc == 0
+    assert err == ("cfsboot: warning: no --cert given: signatures were checked for integrity "
+                   "only, not against a trusted certificate\n")
+    assert main(["seal", "verify", str(root)]) == 0
+    assert "warning: no --cert given" in capsys.readouterr().err
+
+
+def test_verify_with_cert_does_not_warn(sample: Path, keydir: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    seal.seal(str(sample), seal.SealOptions(signer=signer_of(keydir)))
+    capsys.readouterr()
+    assert main(["seal", "verify", str(sample), "--cert", str(keydir / "db.crt")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda m: m["files"][0]["targets"].append("boot/EFI/Linux/x.efi"),
+     f"puts its uki at /boot/EFI/Linux/{KVER}.efi, /boot/EFI/Linux/x.efi"),
+    (lambda m: m["files"][1]["targets"].pop(),
+     "puts its systemd-boot at /boot/EFI/BOOT/BOOTX64.EFI; expected"),
+    (lambda m: m["files"][1]["targets"].__setitem__(0, "etc/passwd"),
+     "puts its systemd-boot at /etc/passwd"),
+    (lambda m: m["files"].append(dict(m["files"][0], name="again")),
+     "expected one uki and one systemd-boot"),
+], ids=["extra-uki", "missing-target", "outside-boot", "second-uki"])
+def test_inject_validates_manifest_targets(external: tuple[Path, Path, dict[str, bytes]],
+                                           tmp_path: Path, change: object, message: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    root, out, signed = external
+    doc = json.loads((out / "manifest.json").read_text())
+    change(doc)  # type: ignore[operator]
+    (out / "manifest.json").write_text(json.dumps(doc))
+    before = snapshot(root)
+    rc, err = _inject(root, out, signed, tmp_path, capsys)
+    assert rc == 1 and err.count("\n") == 1 and message in err, err
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("how", ["world", "group", "other-owner"])
+def test_unsafe_cache_dir_is_refused(sample: Path, tmp_path: Path, how: str,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    if how == "world":
+        cache.chmod(0o1777)
+    elif how == "group":
+        cache.chmod(0o770)
+    else:
+        need_root()
+        os.chown(cache, 4242, 4242)
+    before = snapshot(sample)
+    for argv in (["seal", str(sample), "--unsigned", "--cache", str(cache)],
+                 ["container", "compute-composefs-digest", str(sample), "--cache", str(cache)]):
+        capsys.readouterr()
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "whoever can write it dictates the digest" in err, err
+        assert ("owned by uid 4242" if how == "other-owner" else "writable by") in err
+    assert snapshot(sample) == before and os.listdir(cache) == []
+
+
+def test_insecure_seal_says_so_and_stub_is_reported(sample: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["seal", str(sample), "--unsigned", "--allow-missing-verity"]) == 0
+    out = capsys.readouterr().out
+    first = out.splitlines()[0]
+    assert first.startswith(f"sealed {sample} (UNSIGNED, INSECURE: composefs=?"), first
+    assert f"UKI stub: {uki.default_stub_path('x64')} (the host's)" in out
+
+
+def test_stub_origin_in_json(sample: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host_stub = Path(uki.default_stub_path("x64"))
+    if not host_stub.exists():
+        pytest.skip("systemd-boot-efi not installed")
+    own = sample / host_stub.relative_to("/")
+    shutil.copyfile(host_stub, own)
+    capsys.readouterr()
+    assert main(["seal", str(sample), "--unsigned", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["stub"], doc["stub_origin"]) == (str(own), "image")
+
+
+def test_foreign_loader_needs_force(sample: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (sample / "boot/EFI/BOOT").mkdir(parents=True)
+    shim = sample / "boot/EFI/BOOT/BOOTX64.EFI"
+    shim.write_bytes(b"MZ shim, not systemd-boot")
+    before = snapshot(sample)
+    capsys.readouterr()
+    assert main(["seal", str(sample), "--unsigned"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "/boot/EFI/BOOT/BOOTX64.EFI exists and is not systemd-boot" in err
+    assert "--force" in err
+    assert snapshot(sample) == before
+    assert main(["seal", str(sample), "--unsigned", "--force"]) == 0
+    assert shim.read_bytes() == (sample / "boot/EFI/systemd/systemd-bootx64.efi").read_bytes()
+
+
+def test_existing_systemd_boot_is_replaced(sample: Path) -> None:
+    (sample / "boot/EFI/systemd").mkdir(parents=True)
+    shutil.copyfile(SD_BOOT, sample / "boot/EFI/systemd/systemd-bootx64.efi")
+    result = seal.seal(str(sample))
+    assert "boot/EFI/systemd/systemd-bootx64.efi" in result.written
+    assert [n for n in os.listdir(sample / "boot/EFI/systemd") if n.startswith(".")] == []
+    assert seal.verify_seal(str(sample), allow_unsigned=True).ok
+
+
+def test_sigterm_to_process_group_while_hashing(sample: Path, tmp_path: Path) -> None:
+    """SIGTERM to the whole process group (as a service manager or a hangup sends it)
+    while forked workers hash: one line, no worker traceback, the tree unchanged."""
+    big = sample / "usr/share/big"
+    big.mkdir(parents=True)
+    for i in range(6):
+        (big / f"blob{i}").write_bytes(os.urandom(1 << 20) * 24)
+    before = snapshot(sample)
+    proc = subprocess.Popen([sys.executable, "-m", "cfsboot.cli.main", "seal", str(sample),
+                             "--unsigned", "--threads", "2"], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    import signal
+    import time
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        if children.exists() and children.read_text().split():
+            break
+        time.sleep(0.01)
+    else:
+        proc.kill()
+        pytest.skip("sealing finished before forking hashing workers")
+    time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert err == "cfsboot: interrupted by SIGTERM; the tree was left as it was\n"
+    assert snapshot(sample) == before
+
+
+def test_hard_linked_kernel(sample: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The in-memory removal drops one reference of a hard-linked kernel, as unlinking
+    does on disk (the install re-verifies the tree on disk, so a difference fails)."""
+    kdir = sample / f"usr/lib/modules/{KVER}"
+    st = os.lstat(kdir)
+    os.link(kdir / "vmlinuz", sample / "usr/lib/vmlinuz-hardlink")
+    os.utime(sample / "usr/lib", (T0 + 100, T0 + 100))
+    os.utime(kdir, ns=(st.st_atime_ns, st.st_mtime_ns))
+    result = seal.seal(str(sample))
+    assert os.lstat(sample / "usr/lib/vmlinuz-hardlink").st_nlink == 1
+    assert result.digest == cli_digest(sample, capsys)

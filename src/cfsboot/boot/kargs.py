@@ -83,13 +83,29 @@ def read_kargs_file(rootfs: str, name: str, arch: str) -> list[str]:
     path = os.path.join(rootfs, KARGS_DIR, name)
     shown = f"/{KARGS_DIR}/{name}"
     try:
+        kind = os.lstat(path).st_mode
+        if stat.S_ISLNK(kind):
+            target = os.readlink(path)   # resolved inside the root, as the image sees it
+            where = os.path.join(rootfs, target.lstrip("/")) if target.startswith("/") \
+                else os.path.join(os.path.dirname(path), target)
+            dangling = "" if os.path.exists(where) else " to a missing file"
+            raise KargsError(f"{shown} is a symlink{dangling}; kargs.d files must be "
+                             "regular files")
+        if not stat.S_ISREG(kind):
+            what = "a directory" if stat.S_ISDIR(kind) else "not a regular file"
+            raise KargsError(f"{shown} is {what}; kargs.d files must be regular files")
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise KargsError(f"cannot read {shown}: {e.strerror}") from e
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):   # replaced since the lstat
             raise KargsError(f"{shown} is not a regular file")
-        data = f.read()
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read()
+    except OSError as e:
+        raise KargsError(f"cannot read {shown}: {e.strerror}") from e
+    finally:
+        os.close(fd)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -6,23 +6,22 @@ and ``/boot/EFI/systemd/systemd-bootx64.efi``, and no raw ``vmlinuz``/``initramf
 in ``/usr/lib/modules/<kver>/``.  The UKI's ``.cmdline`` carries the composefs
 digest of exactly that final tree.
 
-Why writing into ``/boot`` after computing the digest is sound: the boot transform
-empties ``/boot`` and sets its mtime *seconds* to ``/usr``'s, but keeps ``/boot``'s
-own mtime *nanoseconds*.  Creating ``/boot/EFI`` changes them, so every step that
-touches ``/boot`` (or the kernel directory) puts their original times back.
-
-Every step is undoable until the final tree is verified: the kernel files are
-moved into a stage directory under ``/boot`` (invisible to the digest), new files
-are written under temporary names, renamed into place, the digest recomputed and
-the UKI checked; any failure moves everything back.
+The digest of the final tree is computed without touching the tree: the scanned
+tree model loses its kernel-file entries (``final_tree_digest``).  Writing into
+``/boot`` afterwards is sound because the boot transform empties ``/boot`` and
+sets its mtime *seconds* to ``/usr``'s, keeping only its own mtime *nanoseconds*;
+the install puts ``/boot``'s and the kernel directory's times back after writing.
+Only that last step writes to the tree (``seal_install``), and it is undone on
+any failure, Ctrl-C, SIGTERM or SIGHUP; the tree on disk is re-verified before
+the change is kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -30,19 +29,45 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from cfsboot.atomic import atomic_write_bytes
 from cfsboot.boot import authenticode, pe, uki
-from cfsboot.boot.digest import DigestOptions, check_container_root, compute_composefs_digest
+from cfsboot.boot.digest import (
+    DigestOptions,
+    check_container_root,
+    compute_composefs_digest,
+    source_reader,
+)
 from cfsboot.boot.kargs import kargs_in_root, rust_arch, sealed_cmdline
 from cfsboot.boot.manifest import MANIFEST_NAME, ManifestFile, SealManifest
+from cfsboot.boot.seal_install import (
+    KERNEL_FILES,
+    STAGE_PREFIX,
+    sealing_install,
+    signals_interrupt,
+)
+from cfsboot.boot.seal_install import SealInterrupted as SealInterrupted  # re-exported
+from cfsboot.boot.transform import transform_for_boot, transform_for_oci
+from cfsboot.erofs.writer import mkfs_erofs
 from cfsboot.errors import CfsError
+from cfsboot.fsverity import DIGEST_SIZE, fsverity_digest
+from cfsboot.tree.hashcache import HashCache
+from cfsboot.tree.model import Directory, Leaf
+from cfsboot.tree.scan import ScanOptions, scan_directory
 
 MODULES_DIR = "usr/lib/modules"
 UKI_DIR = "boot/EFI/Linux"
 ENTRIES_DIR = "boot/loader/entries"
-KERNEL_FILES = ("vmlinuz", "initramfs.img")
 BOOTUPD_PATHS = ("usr/bin/bootupctl", "usr/lib/bootupd/updates")
 OS_RELEASE_PATHS = ("usr/lib/os-release", "etc/os-release")
-STAGE_PREFIX = ".cfsboot-seal-"   # under /boot, which the boot transform empties
+# systemd-boot's .sdmagic section: how bootctl itself recognises its own loader.
+SDBOOT_MAGIC = b"#### LoaderInfo: systemd-boot "
+LOADER_DIRS = ("boot/EFI", "boot/EFI/Linux", "boot/EFI/BOOT", "boot/EFI/systemd")
+# A stage directory survives only a kill -9 (or a crash) during the install step, or
+# an interrupted run of an older version (which moved the kernel files into it).
+LEFTOVER_HELP = ("it is left from an interrupted seal and holds the kernel files (the digest "
+                 "ignores it): if the seal verifies, just remove it; otherwise move its "
+                 "vmlinuz and initramfs.img back into /usr/lib/modules/<kver>/ where missing, "
+                 "delete /boot/EFI/Linux/*.efi, remove it and seal again")
 
 
 class SealError(CfsError):
@@ -168,9 +193,28 @@ class SealInputs:
         return f"{MODULES_DIR}/{self.kver}"
 
 
+def loader_dirs_problem(rootfs: str) -> str | None:
+    """``/boot/EFI`` and the loader directories under it, where they exist, must be
+    real directories: never follow a symlink (possibly out of the tree)."""
+    for rel in LOADER_DIRS:
+        st = _lstat_opt(os.path.join(rootfs, rel))
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            return f"{rootfs}/{rel} is a symlink"
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            return f"{rootfs}/{rel} is not a directory"
+    return None
+
+
 def check_prerequisites(rootfs: str, efi_arch: str = "x64") -> SealInputs:
     """The docs' prerequisites for a sealed image, each failing with one clear line."""
     check_container_root(rootfs, boot=True)
+    for name in _listdir(os.path.join(rootfs, "boot")):
+        if name.startswith(STAGE_PREFIX):
+            raise PrerequisiteError(f"{rootfs}/boot/{name}: {LEFTOVER_HELP}")
+    problem = loader_dirs_problem(rootfs)
+    if problem is not None:
+        raise PrerequisiteError(f"{problem}; sealing writes there and never through a "
+                                "symlink (remove it)")
     ukis = prebuilt_ukis(rootfs)
     if ukis:
         raise PrerequisiteError(
@@ -246,6 +290,7 @@ class SealOptions:
     sign_kernel: bool | None = None               # None: as ukify (unsigned PE kernels)
     threads: int | None = None
     cache_dir: str | None = None
+    force: bool = False                           # replace a loader that is not systemd-boot
 
 
 @dataclass
@@ -257,139 +302,41 @@ class SealResult:
     signed: bool
     written: list[str] = field(default_factory=list)   # relative to the rootfs
     removed: list[str] = field(default_factory=list)
+    stub: str | None = None          # the UKI stub's path (None: built by an external run)
+    stub_origin: str | None = None   # "image" (the image's own), "host" or "option" (--stub)
 
 
-# --- the undoable change to the tree ---------------------------------------------------------
+# --- the digest of the final tree, without touching the tree ---------------------------------
 
-class _SealTransaction:
-    """Moves the kernel out, installs files, and puts everything back on failure."""
-
-    def __init__(self, inputs: SealInputs) -> None:
-        self.inputs = inputs
-        self.boot = inputs.path("boot")
-        kdir = inputs.path(inputs.kernel_dir)
-        self.times = {p: os.lstat(p) for p in (self.boot, kdir)}
-        self.stage: str | None = None
-        self.moved: list[tuple[str, str]] = []
-        self.created: list[str] = []
-        self.temps: list[tuple[str, str]] = []          # (temporary, target)
-        self.installed: list[tuple[str, str | None]] = []   # (target, backup)
-
-    def _remember_times(self, path: str) -> None:
-        if path not in self.times:
-            self.times[path] = os.lstat(path)
-
-    def restore_times(self) -> None:
-        for path, st in self.times.items():
-            if path in self.created and not os.path.isdir(path):
-                continue   # created by us and removed again by a rollback
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-    def stage_kernel(self) -> None:
-        self.stage = tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=self.boot)
+def final_tree_digest(inputs: SealInputs, threads: int | None = None,
+                      cache_dir: str | None = None) -> str:
+    """The composefs digest of the tree as sealing will leave it, computed from the
+    scanned tree minus the kernel files.  Nothing on disk changes: the kernel
+    directory keeps its on-disk times in the model, and the install puts them back
+    after deleting the files; everything sealing writes goes under /boot, which the
+    boot transform empties (its mtime is put back too)."""
+    options = DigestOptions()
+    check_container_root(inputs.rootfs, boot=True)
+    cache = (HashCache.open(cache_dir, options.alg, DIGEST_SIZE[options.alg])
+             if cache_dir else None)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()   # as compute_composefs_digest: a large graph with no cycles
+    try:
+        scan = scan_directory(inputs.rootfs, ScanOptions(
+            alg=options.alg, track_hardlinks=True, threads=threads, cache=cache))
+        kdir = scan.root.get_path(os.fsencode(inputs.kernel_dir))
         for name in KERNEL_FILES:
-            src = self.inputs.path(f"{self.inputs.kernel_dir}/{name}")
-            dst = os.path.join(self.stage, name)
-            try:
-                os.rename(src, dst)
-            except OSError as e:
-                raise SealError(f"cannot move {src} aside: {e.strerror} (/boot and "
-                                "/usr must be on one filesystem)") from e
-            self.moved.append((src, dst))
-        self.restore_times()
-
-    def _mkdirs(self, rel_dir: str) -> None:
-        """Create the missing directories of ``rel_dir``, never through a symlink (a
-        hostile tree could point /boot/EFI outside of itself)."""
-        d = self.inputs.rootfs
-        for part in rel_dir.split("/"):
-            parent, d = d, os.path.join(d, part)
-            st = _lstat_opt(d)
-            if st is None:
-                self._remember_times(parent)   # it gets a new entry
-                os.mkdir(d, 0o755)
-                self.created.append(d)
-            elif not stat.S_ISDIR(st.st_mode):
-                raise SealError(f"{d} is not a directory (or is a symlink)")
-
-    def prepare(self, files: dict[str, bytes]) -> None:
-        """Write each file under a temporary name next to its target, fsynced."""
-        for rel, data in files.items():
-            target = self.inputs.path(rel)
-            self._mkdirs(os.path.dirname(rel))
-            self._remember_times(os.path.dirname(target))
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.",
-                                       suffix=".tmp", dir=os.path.dirname(target))
-            self.temps.append((tmp, target))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                os.fchmod(f.fileno(), 0o644)
-                f.flush()
-                os.fsync(f.fileno())
-
-    def switch(self) -> None:
-        """Rename the new files into place (existing ones are kept as backups)."""
-        assert self.stage is not None
-        while self.temps:
-            tmp, target = self.temps.pop(0)
-            backup = None
-            if _lexists(target):
-                backup = os.path.join(self.stage, f"backup-{len(self.installed)}")
-                os.rename(target, backup)
-            os.rename(tmp, target)
-            self.installed.append((target, backup))
-        for d in {os.path.dirname(t) for t, _ in self.installed}:
-            _fsync_dir(d)
-        self.restore_times()
-
-    def rollback(self) -> None:
-        for target, backup in reversed(self.installed):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(target)
-            if backup is not None:
-                os.rename(backup, target)
-        for tmp, _ in self.temps:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        for d in reversed(self.created):
-            with contextlib.suppress(OSError):
-                os.rmdir(d)
-        for src, dst in reversed(self.moved):
-            os.rename(dst, src)
-        if self.stage is not None:
-            shutil.rmtree(self.stage, ignore_errors=True)
-        self.restore_times()
-
-    def commit(self) -> None:
-        if self.stage is not None:
-            shutil.rmtree(self.stage)
-        _fsync_dir(self.boot)
-        _fsync_dir(self.inputs.path(self.inputs.kernel_dir))
-        self.restore_times()
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
+            removed = kdir.entries.pop(name.encode(), None) \
+                if isinstance(kdir, Directory) else None
+            if not isinstance(removed, Leaf):
+                raise SealError(f"/{inputs.kernel_dir}/{name} changed while sealing")
+        transform_for_oci(scan.root)
+        transform_for_boot(scan.root, source_reader(scan.sources, options.alg))
+        image = mkfs_erofs(scan.root, options.format)
+        return fsverity_digest(image, options.alg).hex()
     finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _kernel_staged(inputs: SealInputs, keep: bool) -> Iterator[_SealTransaction]:
-    """The kernel moved out for the body; committed if ``keep`` and no error, else undone."""
-    tx = _SealTransaction(inputs)
-    try:
-        tx.stage_kernel()
-        yield tx
-    except BaseException:
-        tx.rollback()
-        raise
-    if keep:
-        tx.commit()
-    else:
-        tx.rollback()
+        if gc_was_enabled:
+            gc.enable()
 
 
 @contextlib.contextmanager
@@ -403,6 +350,7 @@ def _digest_cache(cache_dir: str | None) -> Iterator[str]:
 
 
 def tree_digest(rootfs: str, threads: int | None = None, cache_dir: str | None = None) -> str:
+    """The digest of the tree as it is on disk (``compute-composefs-digest``)."""
     # need_tree: never reuse a cached whole result; each call really rescans.
     options = DigestOptions(threads=threads, cache_dir=cache_dir, need_tree=True)
     return compute_composefs_digest(rootfs, options).hexdigest
@@ -455,14 +403,15 @@ def _maybe_sign_kernel(kernel: bytes, signer: authenticode.Signer, forced: bool)
     return kernel if signed and not forced else authenticode.sign(kernel, signer, append=True)
 
 
-def _stub(inputs: SealInputs, options: SealOptions) -> bytes:
-    """The UKI stub: ``--stub``, else the image's own (it matches the image's
-    systemd-boot, as when ukify runs inside the image build), else the host's."""
-    path = options.stub_path
+def _stub(inputs: SealInputs, options: SealOptions) -> tuple[bytes, str, str]:
+    """The UKI stub, its path and origin: ``--stub`` ("option"), else the image's own
+    ("image": it matches the image's systemd-boot, as when ukify runs inside the
+    image build), else the host's ("host")."""
+    path, origin = options.stub_path, "option"
     if path is None:
         own = inputs.path(uki.default_stub_path(options.efi_arch).lstrip("/"))
-        path = own if _is_file_in_tree(inputs.rootfs, own) else \
-            uki.default_stub_path(options.efi_arch)
+        path, origin = (own, "image") if _is_file_in_tree(inputs.rootfs, own) else \
+            (uki.default_stub_path(options.efi_arch), "host")
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -473,7 +422,7 @@ def _stub(inputs: SealInputs, options: SealOptions) -> bytes:
         pe.parse_pe(data)
     except CfsError as e:
         raise SealError(f"the UKI stub {path} is unusable: {e}") from e
-    return data
+    return data, path, origin
 
 
 def _is_file_in_tree(rootfs: str, path: str) -> bool:
@@ -493,72 +442,85 @@ def _files(inputs: SealInputs, uki_image: bytes, sd: bytes) -> dict[str, bytes]:
     return out
 
 
+def check_existing_loaders(inputs: SealInputs, force: bool) -> None:
+    """Refuse to replace a boot loader at the systemd-boot targets that is not
+    systemd-boot (e.g. shim at the fallback path) unless ``force``.
+
+    bootc itself never writes these paths into the image (``bootctl install``
+    does, on the ESP, at install time), so there is no upstream behaviour to
+    follow; silently replacing another vendor's loader would be surprising."""
+    for rel in systemd_boot_targets(inputs.efi_arch):
+        path = inputs.path(rel)
+        if not _lexists(path):
+            continue
+        if not _is_regular(path):
+            raise SealError(f"/{rel} exists and is not a regular file")
+        if force:
+            continue
+        if SDBOOT_MAGIC not in read_regular(path):
+            raise SealError(f"/{rel} exists and is not systemd-boot (shim or another "
+                            "loader?); sealing would replace it: remove it or use --force")
+
+
 # --- sealing ---------------------------------------------------------------------------------
 
 def seal(rootfs: str, options: SealOptions | None = None) -> SealResult:
-    """Seal ``rootfs`` in place; on any error the tree is left as it was."""
+    """Seal ``rootfs`` in place; on any error or SIGINT/SIGTERM/SIGHUP the tree is
+    left as it was.  Nothing is written before the final install step."""
     options = options or SealOptions()
     inputs = check_prerequisites(rootfs, options.efi_arch)
+    check_existing_loaders(inputs, options.force)
     data = _read_inputs(inputs)
     kargsd = kargs_in_root(rootfs, options.kargs_arch or rust_arch(options.efi_arch))
-    stub = _stub(inputs, options)
+    stub, stub_path, stub_origin = _stub(inputs, options)
     trusted = [options.signer.certificate] if options.signer else None
-    with _digest_cache(options.cache_dir) as cache:
-        with _kernel_staged(inputs, keep=True) as tx:
-            digest = tree_digest(rootfs, options.threads, cache)
-            built = _build(inputs, options, data, kargsd, stub, digest)
-            result = _install(tx, inputs, digest, options.allow_missing_verity, built.cmdline,
-                              _files(inputs, built.uki, built.systemd_boot), trusted,
-                              options.threads, cache)
-        _check_committed(rootfs, digest, options.threads, cache)
+    with signals_interrupt(), _digest_cache(options.cache_dir) as cache:
+        digest = final_tree_digest(inputs, options.threads, cache)
+        built = _build(inputs, options, data, kargsd, stub, digest)
+        result = _install(inputs, digest, options.allow_missing_verity, built.cmdline,
+                          _files(inputs, built.uki, built.systemd_boot), trusted,
+                          options.threads, cache)
+    result.stub, result.stub_origin = stub_path, stub_origin
     return result
 
 
-def _install(tx: _SealTransaction, inputs: SealInputs, digest: str, insecure: bool,
-             cmdline: str, files: dict[str, bytes], trusted: list[x509.Certificate] | None,
-             threads: int | None, cache: str) -> SealResult:
-    """Put the files in place and verify the final tree; raising undoes everything."""
-    tx.prepare(files)
-    tx.switch()
-    final = tree_digest(inputs.rootfs, threads, cache)
-    if final != digest:
-        raise SealError(f"refusing to seal: the final tree's digest {final} differs from "
-                        f"the sealed {digest} (the tree changed while sealing?)")
-    with open(inputs.path(uki_target(inputs.kver)), "rb") as f:
-        problems = uki.check_uki(f.read(), digest)
-    for rel in files if trusted else ():
-        with open(inputs.path(rel), "rb") as f:
-            checks = authenticode.verify(f.read(), trusted)
-        if not any(c.ok for c in checks):
-            problems.append(f"/{rel}: signature does not verify")
-    if problems:
-        raise SealError(f"refusing to seal: {problems[0]}")
+def _install(inputs: SealInputs, digest: str, insecure: bool, cmdline: str,
+             files: dict[str, bytes], trusted: list[x509.Certificate] | None,
+             threads: int | None, cache: str | None) -> SealResult:
+    """Put the files in place, remove the kernel files and verify the final tree on
+    disk; any failure (or interruption) before the end undoes everything."""
+    with sealing_install(inputs.rootfs, inputs.kernel_dir) as install:
+        install.prepare(files)
+        install.link_backups()
+        install.switch()
+        final = tree_digest(inputs.rootfs, threads, cache)
+        if final != digest:
+            raise SealError(f"refusing to seal: the final tree's digest {final} differs from "
+                            f"the sealed {digest} (the tree changed while sealing?)")
+        problems = uki.check_uki(read_regular(inputs.path(uki_target(inputs.kver))), digest)
+        for rel in files if trusted else ():
+            checks = authenticode.verify(read_regular(inputs.path(rel)), trusted)
+            if not any(c.ok for c in checks):
+                problems.append(f"/{rel}: signature does not verify")
+        if problems:
+            raise SealError(f"refusing to seal: {problems[0]}")
     removed = [f"{inputs.kernel_dir}/{n}" for n in KERNEL_FILES]
     return SealResult(digest, insecure, inputs.kver, cmdline, trusted is not None,
                       list(files), removed)
 
 
-def _check_committed(rootfs: str, digest: str, threads: int | None,
-                     cache_dir: str | None) -> None:
-    """The committed tree (stage directory gone) still has the sealed digest."""
-    final = tree_digest(rootfs, threads, cache_dir)
-    if final != digest:
-        raise SealError(f"the sealed tree changed after sealing: digest {final}, "
-                        f"sealed {digest}")
-
-
 # --- external signing ------------------------------------------------------------------------
 
 def seal_external(rootfs: str, outdir: str, options: SealOptions | None = None) -> SealManifest:
-    """Emit the unsigned UKI and systemd-boot plus a manifest; the tree is not changed."""
+    """Emit the unsigned UKI and systemd-boot plus a manifest; ``rootfs`` is only read
+    (it may be a read-only mount)."""
     options = options or SealOptions()
     inputs = check_prerequisites(rootfs, options.efi_arch)
     data = _read_inputs(inputs)
     kargsd = kargs_in_root(rootfs, options.kargs_arch or rust_arch(options.efi_arch))
-    stub = _stub(inputs, options)
+    stub, _, _ = _stub(inputs, options)
     unsigned = SealOptions(**{**vars(options), "signer": None})
-    with _digest_cache(options.cache_dir) as cache, _kernel_staged(inputs, keep=False):
-        digest = tree_digest(rootfs, options.threads, cache)
+    digest = final_tree_digest(inputs, options.threads, options.cache_dir)
     built = _build(inputs, unsigned, data, kargsd, stub, digest)
     sd_name = os.path.basename(systemd_boot_source(inputs.efi_arch))
     entries = [("uki", f"{inputs.kver}.efi", built.uki, (uki_target(inputs.kver),)),
@@ -572,12 +534,28 @@ def seal_external(rootfs: str, outdir: str, options: SealOptions | None = None) 
         files=tuple(ManifestFile(role, name, hashlib.sha256(image).hexdigest(),
                                  authenticode.authenticode_digest(image).hex(), targets)
                     for role, name, image, targets in entries))
-    from cfsboot.atomic import atomic_write_bytes
     os.makedirs(outdir, exist_ok=True)
     for _, name, image, _ in entries:
         atomic_write_bytes(os.path.join(outdir, name), image, 0o644)
     atomic_write_bytes(os.path.join(outdir, MANIFEST_NAME), manifest.to_json().encode())
     return manifest
+
+
+def check_manifest_targets(manifest: SealManifest) -> None:
+    """The manifest places exactly one UKI at the kernel version's path and one
+    systemd-boot at the two loader paths, and nothing else (an extra UKI would make
+    the sealed tree fail ``seal verify``)."""
+    want = {"uki": (uki_target(manifest.kver),),
+            "systemd-boot": systemd_boot_targets(manifest.efi_arch)}
+    roles = [f.role for f in manifest.files]
+    if sorted(roles) != sorted(want):
+        raise SealError(f"the manifest's files are {', '.join(roles) or 'none'}; "
+                        "expected one uki and one systemd-boot")
+    for f in manifest.files:
+        if tuple(f.targets) != want[f.role]:
+            shown = ", ".join(f"/{t}" for t in f.targets) or "nothing"
+            raise SealError(f"the manifest puts its {f.role} at {shown}; expected "
+                            + ", ".join(f"/{t}" for t in want[f.role]))
 
 
 def match_signed(manifest: SealManifest, signed: dict[str, bytes],
@@ -611,39 +589,32 @@ def match_signed(manifest: SealManifest, signed: dict[str, bytes],
 
 def inject(rootfs: str, manifest: SealManifest, signed: dict[str, bytes],
            trusted: Sequence[x509.Certificate] | None = None, threads: int | None = None,
-           cache_dir: str | None = None) -> SealResult:
-    """Complete an externally signed seal: check the signed files against the manifest
-    and the tree against the manifest's digest, then install as ``seal`` does."""
+           cache_dir: str | None = None, force: bool = False) -> SealResult:
+    """Complete an externally signed seal: check the manifest, the signed files
+    against it and the tree against its digest, then install as ``seal`` does."""
+    check_manifest_targets(manifest)
     by_role = match_signed(manifest, signed, trusted)
     inputs = check_prerequisites(rootfs, manifest.efi_arch)
     if inputs.kver != manifest.kver:
         raise SealError(f"kernel {inputs.kver} in {rootfs}, but the manifest is for "
                         f"{manifest.kver}")
+    check_existing_loaders(inputs, force)
     data = _read_inputs(inputs)
     for key, want in (("vmlinuz", manifest.vmlinuz_sha256),
                       ("initramfs", manifest.initramfs_sha256)):
         if hashlib.sha256(data[key]).hexdigest() != want:
             raise SealError(f"the {key} in {rootfs} is not the one the manifest was made from")
-    files: dict[str, bytes] = {}
-    for f in manifest.files:
-        for target in f.targets:
-            if target.startswith("/") or ".." in target.split("/") or \
-                    not target.startswith("boot/"):
-                raise SealError(f"manifest target {target!r} is not under boot/")
-            files[target] = by_role[f.role]
-    uki_image = by_role["uki"]
-    karg = uki.composefs_karg(uki.inspect_uki(uki_image).cmdline or "")
+    files = {target: by_role[f.role] for f in manifest.files for target in f.targets}
+    karg = uki.composefs_karg(uki.inspect_uki(by_role["uki"]).cmdline or "")
     if karg is None or karg.digest != manifest.digest:
         raise SealError("the signed UKI does not carry the manifest's composefs digest")
-    with _digest_cache(cache_dir) as cache:
-        with _kernel_staged(inputs, keep=True) as tx:
-            digest = tree_digest(rootfs, threads, cache)
-            if digest != manifest.digest:
-                raise SealError(f"{rootfs} changed since 'seal --external-signing': its "
-                                f"digest is {digest}, the manifest seals {manifest.digest}")
-            result = _install(tx, inputs, digest, manifest.insecure, manifest.cmdline, files,
-                              list(trusted) if trusted else None, threads, cache)
-        _check_committed(rootfs, digest, threads, cache)
+    with signals_interrupt(), _digest_cache(cache_dir) as cache:
+        digest = final_tree_digest(inputs, threads, cache)
+        if digest != manifest.digest:
+            raise SealError(f"{rootfs} changed since 'seal --external-signing': its "
+                            f"digest is {digest}, the manifest seals {manifest.digest}")
+        result = _install(inputs, digest, manifest.insecure, manifest.cmdline, files,
+                          list(trusted) if trusted else None, threads, cache)
     result.signed = True
     return result
 
@@ -671,6 +642,9 @@ def verify_seal(rootfs: str, trusted: Sequence[x509.Certificate] | None = None, 
                 digest_fn: Callable[[str], str] | None = None) -> SealCheck:
     """Does ``rootfs`` still match its seal?  Lists every problem found."""
     check_container_root(rootfs, boot=True)
+    problem = loader_dirs_problem(rootfs)
+    if problem is not None:   # the digest refuses such a tree, and the UKI is not read
+        raise SealError(f"{problem}: not a sealed layout")
     check = SealCheck(rootfs, None, None, False, None)
     ukis = [n for n in _listdir(os.path.join(rootfs, UKI_DIR)) if n.endswith(".efi")]
     if not ukis:
@@ -708,8 +682,7 @@ def verify_seal(rootfs: str, trusted: Sequence[x509.Certificate] | None = None, 
         check.problems.append("the two systemd-boot copies differ")
     for name in _listdir(os.path.join(rootfs, "boot")):
         if name.startswith(STAGE_PREFIX):
-            check.problems.append(f"/boot/{name} is left from an interrupted seal (it holds "
-                                  "the moved kernel; remove it once the seal verifies)")
+            check.problems.append(f"/boot/{name}: {LEFTOVER_HELP}")
     for kver in vmlinuz_dirs(rootfs):
         check.problems.append(f"/{MODULES_DIR}/{kver}/vmlinuz is still present "
                               "(the sealed layout removes it)")

@@ -75,6 +75,9 @@ def _yaml(doc: dict[str, Any]) -> str:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from cfsboot.cli.container_lint import check_rootfs
+
+    check_rootfs(args.rootfs)
     doc = inspect_rootfs(args.rootfs, args.arch)
     fmt = "json" if args.json else (args.format or "humanreadable")
     if fmt == "json":

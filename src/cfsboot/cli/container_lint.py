@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import TYPE_CHECKING
 
 from cfsboot.errors import CfsError
@@ -14,6 +15,13 @@ if TYPE_CHECKING:
 
 class LintFailed(CfsError):
     """Fatal lints (or warnings under --fatal-warnings) failed."""
+
+
+def check_rootfs(rootfs: str) -> None:
+    """``--rootfs`` names a directory (checks on anything else would pass vacuously)."""
+    if not os.path.isdir(rootfs):
+        missing = " (it does not exist)" if not os.path.lexists(rootfs) else ""
+        raise CfsError(f"--rootfs {rootfs} is not a directory{missing}")
 
 
 def register(sub: Subparsers) -> None:
@@ -44,6 +52,7 @@ def run_lint(args: argparse.Namespace) -> int:
                 if x.root_type:
                     print(f"  root-type: {x.root_type.capitalize()}")
         return 0
+    check_rootfs(args.rootfs)
     results = lint.run_lints(args.rootfs, tuple(args.skip))
     passed, skipped, warnings, failed = lint.summary(results, args.fatal_warnings)
     if args.json:

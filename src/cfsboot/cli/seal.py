@@ -7,14 +7,19 @@
 
 Sealing checks the prerequisites (one kernel with vmlinuz + initramfs.img in
 /usr/lib/modules/<kver>/, systemd-boot, no bootupd, no pre-built UKI), computes
-the composefs digest of the final tree (kernel files removed), builds the UKI
-with the kargs.d arguments + composefs=<digest> + --karg, signs it and
-systemd-boot, writes /boot/EFI/Linux/<kver>.efi, /boot/EFI/BOOT/BOOT<ARCH>.EFI and
-/boot/EFI/systemd/systemd-boot<arch>.efi, removes the raw kernel, and re-verifies
-the final tree's digest.  Any failure leaves the tree as it was.
+the composefs digest of the final tree (kernel files removed) without changing
+ROOTFS, builds the UKI with the kargs.d arguments + composefs=<digest> + --karg,
+signs it and systemd-boot, then writes /boot/EFI/Linux/<kver>.efi,
+/boot/EFI/BOOT/BOOT<ARCH>.EFI and /boot/EFI/systemd/systemd-boot<arch>.efi,
+removes the raw kernel, and re-verifies the final tree's digest.  Any failure,
+Ctrl-C, SIGTERM or SIGHUP leaves the tree as it was.  An existing loader at
+the systemd-boot paths that is not systemd-boot (e.g. shim) is only replaced
+with --force.
 
-External signing: sign the two emitted files with any Authenticode signer
-(``cfsboot uki sign``, ``sbsign``, an HSM service), then ``seal inject`` them.
+External signing: ROOTFS is only read (a read-only mount will do).  Sign the
+two emitted files with any Authenticode signer (``cfsboot uki sign``, ``sbsign``,
+an HSM service), then ``seal inject`` them.  Without --cert, ``inject`` and
+``verify`` check signatures for integrity only (and say so on stderr).
 Options go after ROOTFS (``seal build ROOTFS`` is the explicit spelling).
 """
 
@@ -114,6 +119,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="also sign the kernel PE (default: when it is an unsigned PE)")
     b.add_argument("--cache", metavar="DIR",
                    help="keep file digests in DIR for later runs (writable only by you)")
+    _force(b)
     _common(b)
     add_signing_options(b, required=False)
     b.set_defaults(func=run_build)
@@ -124,7 +130,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     i.add_argument("--manifest", required=True, metavar="FILE",
                    help="manifest.json written by 'seal --external-signing'")
     i.add_argument("--cert", action="append", default=[], metavar="FILE",
-                   help="trusted certificate the signatures must chain to; repeatable")
+                   help="trusted certificate the signatures must chain to; repeatable "
+                        "(without it signatures are checked for integrity only)")
+    _force(i)
     _common(i)
     i.set_defaults(func=run_inject)
 
@@ -139,6 +147,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v.add_argument("--efi-arch", default="x64")
     _common(v)
     v.set_defaults(func=run_verify)
+
+
+def _force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing /boot/EFI/BOOT/BOOT<ARCH>.EFI or "
+                        "/boot/EFI/systemd loader even when it is not systemd-boot (e.g. shim)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -174,7 +188,8 @@ def run_build(args: argparse.Namespace) -> int:
         signer=signer, extra_certs=extra_certs_from_args(args), kargs=args.karg,
         allow_missing_verity=args.allow_missing_verity, efi_arch=args.efi_arch,
         kargs_arch=args.kargs_arch, stub_path=args.stub, layout=args.ukify_layout,
-        sign_kernel=args.sign_kernel, threads=args.threads, cache_dir=args.cache)
+        sign_kernel=args.sign_kernel, threads=args.threads, cache_dir=args.cache,
+        force=args.force)
     if args.external_signing:
         m = seal.seal_external(args.rootfs, args.external_signing, options)
         _emit(args, {"manifest": json.loads(m.to_json())}, [
@@ -189,14 +204,28 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+STUB_ORIGINS = {"image": "the image's own", "host": "the host's", "option": "--stub"}
+
+
 def _emit_result(args: argparse.Namespace, result: Any) -> None:
+    how = "signed" if result.signed else "UNSIGNED"
+    if result.insecure:
+        how += ", INSECURE: composefs=? does not require fs-verity, not a real seal"
+    stub = [f"UKI stub: {result.stub} ({STUB_ORIGINS.get(result.stub_origin, '?')})"] \
+        if result.stub else []
     _emit(args, asdict(result), [
-        f"sealed {args.rootfs if hasattr(args, 'rootfs') else ''}".rstrip()
-        + f" ({'signed' if result.signed else 'UNSIGNED'})",
+        f"sealed {args.rootfs if hasattr(args, 'rootfs') else ''}".rstrip() + f" ({how})",
         f"composefs digest: {result.digest}{' (fs-verity optional)' if result.insecure else ''}",
         f"cmdline: {result.cmdline}",
+        *stub,
         *(f"wrote /{w}" for w in result.written),
         *(f"removed /{r}" for r in result.removed)])
+
+
+def _warn_untrusted(args: argparse.Namespace) -> None:
+    if not args.cert:
+        print("cfsboot: warning: no --cert given: signatures were checked for integrity "
+              "only, not against a trusted certificate", file=sys.stderr)
 
 
 def run_inject(args: argparse.Namespace) -> int:
@@ -207,7 +236,9 @@ def run_inject(args: argparse.Namespace) -> int:
     *signed_paths, rootfs = args.paths
     manifest = SealManifest.from_json(Path(args.manifest).read_text())
     signed = {p: Path(p).read_bytes() for p in signed_paths}
-    result = seal.inject(rootfs, manifest, signed, _certs(args.cert) or None, args.threads)
+    result = seal.inject(rootfs, manifest, signed, _certs(args.cert) or None, args.threads,
+                         force=args.force)
+    _warn_untrusted(args)
     args.rootfs = rootfs
     _emit_result(args, result)
     return 0
@@ -220,6 +251,7 @@ def run_verify(args: argparse.Namespace) -> int:
                              allow_unsigned=args.allow_unsigned,
                              allow_insecure=args.allow_missing_verity,
                              efi_arch=args.efi_arch, threads=args.threads)
+    _warn_untrusted(args)
     if args.json:
         print(json.dumps({**asdict(check), "ok": check.ok}, indent=2))
     else:

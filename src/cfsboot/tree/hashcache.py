@@ -20,7 +20,7 @@ Caveats, handled the way git handles its index:
   Entries (and fingerprints) with a ctime not safely older than the start of
   the run are used but never *recorded*; the next run reads them once more.
 * Trust: whoever can write DIR can make us report any digest.  DIR must be
-  owned by the builder (as with any build cache).
+  owned by the builder and writable by nobody else (``check_cache_owner``).
 """
 
 from __future__ import annotations
@@ -55,6 +55,23 @@ def cache_key(st: os.stat_result) -> CacheKey:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def check_cache_owner(directory: str) -> None:
+    """Refuse a cache directory that anyone but us can write: whoever can write
+    it dictates the digests we report (see "Trust" above)."""
+    try:
+        st = os.stat(directory)
+    except OSError as e:
+        raise HashCacheError(f"cannot access cache directory {directory}: {e.strerror}") from e
+    if st.st_uid != os.geteuid():
+        raise HashCacheError(f"cache directory {directory} is owned by uid {st.st_uid}, not "
+                             "by you: whoever can write it dictates the digest")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise HashCacheError(f"cache directory {directory} is writable by "
+                             f"{'others' if st.st_mode & stat.S_IWOTH else 'its group'} "
+                             f"(mode {stat.S_IMODE(st.st_mode):04o}): whoever can write it "
+                             "dictates the digest (chmod go-w)")
+
+
 class HashCache:
     """Digests of unchanged files, keyed by stat identity.  Thread-safe."""
 
@@ -78,9 +95,10 @@ class HashCache:
         if os.path.lexists(directory) and not os.path.isdir(directory):
             raise HashCacheError(f"cache {directory} is not a directory")
         try:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, 0o700, exist_ok=True)   # private: see check_cache_owner
         except OSError as e:
             raise HashCacheError(f"cannot create cache directory {directory}: {e.strerror}") from e
+        check_cache_owner(directory)
         return cls(directory, alg, digest_size)
 
     def _load(self) -> None:
