@@ -166,3 +166,9 @@ def test_posix_classes_are_translated_not_literal() -> None:
 def test_errors(regex: str, message: str) -> None:
     with pytest.raises(RegexDialectError, match=re.escape(message)):
         compile_selinux_regex(wrap(regex))
+
+
+def test_deeply_nested_pattern_is_one_error() -> None:
+    from cfsboot.boot.selabel_regex import RegexDialectError, compile_selinux_regex
+    with pytest.raises(RegexDialectError, match="nested too deeply"):
+        compile_selinux_regex("^(" + "(" * 5000 + "a" + ")" * 5000 + ")$")

@@ -116,12 +116,16 @@ def translate(pattern: str) -> tuple[Node, bool]:
 
 def compile_selinux_regex(pattern: str) -> SelinuxRegex:
     """Compile one wrapped file_contexts pattern.  Raises RegexDialectError."""
-    node, pcre = translate(pattern)
-    text = emit(node)
     try:
+        node, pcre = translate(pattern)
+        text = emit(node)
         compiled = re.compile(text.encode("latin-1"))
     except re.error as e:
         raise RegexDialectError(f"cannot express regex in Python: {e}") from None
+    except RecursionError:
+        # Rust's parser has a nest limit too; a policy line like ((((…)))) x5000
+        # must be one error line, not a traceback.
+        raise RegexDialectError("regex nested too deeply") from None
     prefix = b""
     # A PCRE2 search is unanchored: only a pattern that starts with ^ (every
     # well-formed wrapped pattern) has a usable prefix.
