@@ -278,13 +278,20 @@ def test_malformed_tables(signer: ac.KeySigner) -> None:
         ac.list_signatures(bytes(bad))
     junk = bytearray(signed)
     junk[h.cert_table_offset + 8:h.cert_table_offset + 12] = b"\xff\xff\xff\xff"
-    with pytest.raises(ac.AuthenticodeError, match="not valid DER"):
-        ac.verify(bytes(junk))
+    [check] = ac.verify(bytes(junk))  # a listing reports it as one failed signature
+    assert not check.ok and check.reason.startswith("malformed: ")
+    with pytest.raises(ac.AuthenticodeError, match="signature #0 is malformed"):
+        ac.list_signatures(bytes(junk))
 
 
 def test_load_errors() -> None:
-    with pytest.raises(ac.AuthenticodeError, match=r"not an X\.509"):
+    with pytest.raises(ac.AuthenticodeError, match=r"not a usable X\.509"):
         ac.load_certificate(b"garbage")
+    der = bytearray(make_cert("cfsboot damaged name")[1].public_bytes(
+        serialization.Encoding.DER))
+    der[der.rfind(b"damaged") + 2] = 0xFF  # invalid UTF-8, parsed lazily by cryptography
+    with pytest.raises(ac.AuthenticodeError, match=r"not a usable X\.509"):
+        ac.load_certificate(bytes(der))
     with pytest.raises(ac.AuthenticodeError, match="cannot load private key"):
         ac.load_private_key(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
 

@@ -166,7 +166,7 @@ def test_header_space_exhausted() -> None:
         pe.add_sections(base, [(f".s{i}", b"x") for i in range(room + 1)])
 
 
-@pytest.mark.parametrize("name", ["", ".toolongname", ".bad\n"])
+@pytest.mark.parametrize("name", ["", ".toolongname", ".bad\n", ".\u00e4", ".\udcff"])
 def test_bad_section_names(name: str) -> None:
     with pytest.raises(pe.PeFormatError, match="bad PE section name"):
         pe.add_sections(make_pe(), [(name, b"x")])
@@ -178,3 +178,20 @@ def test_signed_stub_refused() -> None:
     image[h.cert_directory_offset:h.cert_directory_offset + 8] = bytes([0, 6, 0, 0, 8, 0, 0, 0])
     with pytest.raises(pe.PeFormatError, match="signed"):
         pe.add_sections(bytes(image), [(".osrel", b"x")])
+
+
+@pytest.mark.parametrize("size, offset", [(0, 0x58), (64, 0x58), (4097, 0x59), (4096, 3)])
+def test_checksum_without_copy_matches_zeroed_field(size: int, offset: int) -> None:
+    """The in-place arithmetic equals the definition: sum with the field zeroed."""
+    import random
+    rng = random.Random(size + offset)
+    data = bytearray(rng.randbytes(size)) if size else bytearray(0x60)
+    data[offset:offset + 4] = b"\xff\xfe\xfd\xfc"
+    zeroed = bytearray(data)
+    zeroed[offset:offset + 4] = bytes(4)
+    words = [int.from_bytes(zeroed[i:i + 2], "little") for i in range(0, len(zeroed), 2)]
+    total = 0
+    for w in words:
+        total += w
+        total = (total & 0xFFFF) + (total >> 16)
+    assert pe.pe_checksum(data, offset) == (total + len(data)) & 0xFFFFFFFF

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol
 from asn1crypto import algos, cms, core  # type: ignore[import-untyped]
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
@@ -90,28 +90,37 @@ class SpcIndirectDataContent(core.Sequence):  # type: ignore[misc]
 
 # --- the image hash -----------------------------------------------------------------------
 
-def authenticode_digest(image: bytes, algorithm: str = "sha256") -> bytes:
+def _require_cert_directory(h: PeHeaders) -> None:
+    if not h.has_cert_directory:
+        raise AuthenticodeError(
+            "the PE image has no certificate table entry (NumberOfRvaAndSizes < 5), "
+            "so it cannot carry an Authenticode signature")
+
+
+def authenticode_digest(image: bytes | bytearray, algorithm: str = "sha256") -> bytes:
     """The Authenticode image hash (§6.2): everything but CheckSum, the certificate
     directory entry and the certificate table; sections in file order by raw size."""
     if algorithm not in HASHES:
         raise AuthenticodeError(f"unsupported Authenticode digest algorithm {algorithm}")
     h = parse_pe(image)
+    _require_cert_directory(h)
     ck, cd, hdr_end = h.checksum_offset, h.cert_directory_offset, h.size_of_headers
     if hdr_end > len(image) or cd + 8 > hdr_end:
         raise AuthenticodeError("PE SizeOfHeaders is inconsistent with the file")
     md = hashlib.new(algorithm)
-    md.update(image[:ck])
-    md.update(image[ck + 4:cd])
-    md.update(image[cd + 8:hdr_end])
-    summed = hdr_end
-    for s in sorted((s for s in h.sections if s.raw_size), key=lambda s: s.raw_pointer):
-        if s.raw_pointer + s.raw_size > len(image):
-            raise AuthenticodeError(f"section {s.name!r} extends past the end of the file")
-        md.update(image[s.raw_pointer:s.raw_pointer + s.raw_size])
-        summed += s.raw_size
-    table = h.cert_table_size
-    if len(image) > summed + table:
-        md.update(image[summed:len(image) - table])
+    with memoryview(image) as view:  # slices of a view hash without copying the image
+        md.update(view[:ck])
+        md.update(view[ck + 4:cd])
+        md.update(view[cd + 8:hdr_end])
+        summed = hdr_end
+        for s in sorted((s for s in h.sections if s.raw_size), key=lambda s: s.raw_pointer):
+            if s.raw_pointer + s.raw_size > len(image):
+                raise AuthenticodeError(f"section {s.name!r} extends past the end of the file")
+            md.update(view[s.raw_pointer:s.raw_pointer + s.raw_size])
+            summed += s.raw_size
+        table = h.cert_table_size
+        if len(image) > summed + table:
+            md.update(view[summed:len(image) - table])
     return md.digest()
 
 
@@ -152,6 +161,57 @@ def _der(tag: int, content: bytes) -> bytes:
 def _der_set(content: bytes) -> bytes:
     """A universal ``SET`` (tag 0x31): how authenticated attributes are signed."""
     return _der(0x31, content)
+
+
+MAX_DER_DEPTH = 32
+
+
+def _der_element(data: bytes, off: int, end: int, depth: int) -> int:
+    """Check one DER element at ``off`` (definite, minimal length inside ``end``; the
+    children of a constructed element exactly fill it) and return where it ends.
+    asn1crypto parses lazily and leniently; UEFI firmware (OpenSSL) does not, so a
+    signature with an inconsistent length must fail here as it fails there."""
+    if depth > MAX_DER_DEPTH:
+        raise ValueError("DER nested too deeply")
+    if off + 2 > end:
+        raise ValueError(f"truncated DER element at byte {off}")
+    tag = data[off]
+    off += 1
+    if tag & 0x1F == 0x1F:  # high tag number: base-128 continuation bytes
+        while off < end and data[off] & 0x80:
+            off += 1
+        off += 1
+    if off >= end:
+        raise ValueError(f"truncated DER element at byte {off}")
+    first = data[off]
+    off += 1
+    length = first
+    if first & 0x80:
+        count = first & 0x7F
+        if count == 0:
+            raise ValueError("indefinite length (BER, not DER)")
+        if count > 4 or off + count > end:
+            raise ValueError(f"bad DER length at byte {off - 1}")
+        length = int.from_bytes(data[off:off + count], "big")
+        if data[off] == 0 or length < 0x80:
+            raise ValueError(f"non-minimal DER length at byte {off - 1}")
+        off += count
+    if off + length > end:
+        raise ValueError(f"DER element at byte {off} overruns its container")
+    if tag & 0x20:  # constructed
+        child = off
+        while child < off + length:
+            child = _der_element(data, child, off + length, depth + 1)
+    return off + length
+
+
+def _strict_der(der: bytes) -> bytes:
+    """The one DER element in a WIN_CERTIFICATE payload; only the zero padding to
+    8 bytes may follow it."""
+    end = _der_element(der, 0, len(der), 0)
+    if len(der) - end >= 8 or any(der[end:]):
+        raise ValueError(f"{len(der) - end} bytes of trailing data after the PKCS#7")
+    return der[:end]
 
 
 def _indirect_content_info(idc: bytes) -> cms.ContentInfo:
@@ -228,10 +288,14 @@ def load_certificate(data: bytes) -> x509.Certificate:
     """An X.509 certificate from PEM or DER bytes."""
     try:
         if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as e:
-        raise AuthenticodeError(f"not an X.509 certificate: {e}") from e
+            cert = x509.load_pem_x509_certificate(data)
+        else:
+            cert = x509.load_der_x509_certificate(data)
+        # cryptography parses names and keys lazily: fail here, not mid-verification.
+        _ = (cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), cert.public_key())
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise AuthenticodeError(f"not a usable X.509 certificate: {_first_line(e)}") from e
+    return cert
 
 
 def load_private_key(data: bytes, password: bytes | None = None) -> rsa.RSAPrivateKey:
@@ -333,10 +397,10 @@ def _entries(image: bytes, h: PeHeaders) -> list[tuple[int, int, int, bytes]]:
     return out
 
 
-def _set_table(image: bytes, h: PeHeaders, offset: int, size: int) -> bytes:
-    buf = bytearray(image)
+def _set_table(buf: bytearray, h: PeHeaders, offset: int, size: int) -> bytes:
+    """Point DataDirectory[4] at the table and fix the CheckSum, in place."""
     struct.pack_into("<II", buf, h.cert_directory_offset, offset, size)
-    struct.pack_into("<I", buf, h.checksum_offset, pe_checksum(bytes(buf), h.checksum_offset))
+    struct.pack_into("<I", buf, h.checksum_offset, pe_checksum(buf, h.checksum_offset))
     return bytes(buf)
 
 
@@ -351,19 +415,21 @@ def sign(image: bytes, signer: Signer, extra_certs: Sequence[x509.Certificate] =
     """Sign a PE image.  With ``append`` an already signed image gets one more signature
     (the image hash does not change); otherwise a signed image is refused."""
     h = parse_pe(image)
+    _require_cert_directory(h)
     if h.cert_table_size and not append:
         raise AuthenticodeError("image is already signed (add another signature or "
                                 "remove the existing ones first)")
+    buf = bytearray(image)  # the one copy of the image; everything else is in place
     if h.cert_table_size:
         _entries(image, h)  # validates the existing table
-        table_at, body = h.cert_table_offset, image
+        table_at = h.cert_table_offset
     else:
-        body = image + bytes(round_up(len(image), 8) - len(image))  # hashed padding (§6.1)
-        table_at = len(body)
-    digest = authenticode_digest(body)
-    entry = _win_certificate(build_signed_data(digest, signer, extra_certs))
+        buf += bytes(round_up(len(buf), 8) - len(buf))  # hashed padding (§6.1)
+        table_at = len(buf)
+    digest = authenticode_digest(buf)
+    buf += _win_certificate(build_signed_data(digest, signer, extra_certs))
     # The table and the directory entry are outside the hash, so the digest still holds.
-    return _set_table(body + entry, h, table_at, len(body) + len(entry) - table_at)
+    return _set_table(buf, h, table_at, len(buf) - table_at)
 
 
 def add_signature(image: bytes, signer: Signer,
@@ -380,9 +446,10 @@ def remove_signature(image: bytes, index: int) -> bytes:
         raise AuthenticodeError(f"no signature #{index} (image has {len(entries)})")
     start = entries[index][2]
     end = entries[index + 1][2] if index + 1 < len(entries) else len(image)
-    out = image[:start] + image[end:]
+    buf = bytearray(memoryview(image)[:start])
+    buf += memoryview(image)[end:]
     size = h.cert_table_size - (end - start)
-    return _set_table(out, h, h.cert_table_offset if size else 0, size)
+    return _set_table(buf, h, h.cert_table_offset if size else 0, size)
 
 
 def remove_signatures(image: bytes) -> bytes:
@@ -391,7 +458,7 @@ def remove_signatures(image: bytes) -> bytes:
     if not h.cert_table_size:
         return image
     _entries(image, h)
-    return _set_table(image[:h.cert_table_offset], h, 0, 0)
+    return _set_table(bytearray(memoryview(image)[:h.cert_table_offset]), h, 0, 0)
 
 
 # --- reading and verifying ------------------------------------------------------------------
@@ -419,36 +486,100 @@ class SignatureCheck:
     reason: str   # "" when ok
 
 
+def _first_line(e: Exception) -> str:
+    """asn1crypto appends "while parsing ..." lines; one line is enough for a user."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _parse_all(value: core.Asn1Value) -> None:
+    """Parse every typed element below ``value`` (which asn1crypto does lazily), raising
+    on a wrong tag or bad content.  Opaque ANY values (attributes asn1crypto does not
+    know, such as Microsoft's SpcSpOpusInfo with its context tags) are left to the DER
+    walker: ``.native`` would guess their types and fail on valid signatures."""
+    if isinstance(value, (core.Any, core.Void)):
+        return
+    if isinstance(value, core.Choice):
+        _parse_all(value.chosen)
+    elif isinstance(value, core.Sequence):
+        for name in value:
+            _parse_all(value[name])
+    elif isinstance(value, (core.SequenceOf, core.SetOf)):
+        for child in value:
+            _parse_all(child)
+    else:
+        _ = value.native
+
+
+def _require_canonical(value: core.Asn1Value) -> None:
+    """``value`` parsed completely and encoded again is the same bytes: DER has one
+    encoding per value, and what we did not check must not hide there."""
+    original = bytes(value.dump())
+    fresh = value.copy()  # keeps implicit tagging, unlike loading the bytes again
+    _parse_all(fresh)
+    if bytes(fresh.dump(force=True)) != original:
+        raise ValueError(f"{type(value).__name__} is not in canonical DER")
+
+
 def _parse_signature(index: int, der: bytes) -> tuple[SignatureInfo, cms.SignerInfo, bytes]:
     try:
-        ci = cms.ContentInfo.load(der, strict=False)
-        if ci["content_type"].native != "signed_data":
-            raise AuthenticodeError(f"signature #{index} is not PKCS#7 SignedData")
-        sd = ci["content"]
-        eci = sd["encap_content_info"]
-        if eci["content_type"].dotted != SPC_INDIRECT_DATA_OBJID:
-            raise AuthenticodeError(f"signature #{index} does not sign SpcIndirectDataContent")
-        idc_der = _content_octets(bytes(eci["content"].dump()))  # drop the [0] wrapper
-        idc = SpcIndirectDataContent.load(idc_der)
-        algorithm = idc["message_digest"]["digest_algorithm"]["algorithm"].native
-        claimed = bytes(idc["message_digest"]["digest"].native)
-        certs = tuple(x509.load_der_x509_certificate(c.chosen.dump())
-                      for c in sd["certificates"] or [] if c.name == "certificate")
-        infos = sd["signer_infos"]
-        if len(infos) != 1:
-            raise AuthenticodeError(f"signature #{index} has {len(infos)} signers, not 1")
-        si = infos[0]
-        sid = si["sid"]
-        if sid.name != "issuer_and_serial_number":
-            raise AuthenticodeError(f"signature #{index} names its signer by key id")
-        issuer_der = sid.chosen["issuer"].dump()
-        serial = int(sid.chosen["serial_number"].native)
-    except (ValueError, TypeError, KeyError) as e:
-        raise AuthenticodeError(f"signature #{index} is not valid DER PKCS#7: {e}") from e
+        return _parse_signature_unchecked(index, der)
+    except AuthenticodeError:
+        raise
+    except Exception as e:
+        # Damaged PKCS#7 makes asn1crypto and cryptography raise all sorts of exception
+        # types (ValueError, UnicodeDecodeError, UnsupportedAlgorithm, ...), lazily and
+        # from deep inside; whatever it is, the signature is malformed, not our bug.
+        raise AuthenticodeError(f"signature #{index} is malformed: {_first_line(e)}") from e
+
+
+def _parse_signature_unchecked(index: int, der: bytes
+                               ) -> tuple[SignatureInfo, cms.SignerInfo, bytes]:
+    der = _strict_der(der)
+    ci = cms.ContentInfo.load(der, strict=True)
+    if ci["content_type"].native != "signed_data":
+        raise AuthenticodeError(f"signature #{index} is not PKCS#7 SignedData")
+    sd = ci["content"]
+    for name in ("version", "digest_algorithms"):
+        _require_canonical(sd[name])
+    if sd["version"].native != "v1":  # ValueErrors here become "... is malformed: ..."
+        raise ValueError(f"SignedData version {sd['version'].native}, not v1")
+    eci = sd["encap_content_info"]
+    if eci["content_type"].dotted != SPC_INDIRECT_DATA_OBJID:
+        raise AuthenticodeError(f"signature #{index} does not sign SpcIndirectDataContent")
+    idc_der = _content_octets(bytes(eci["content"].dump()))  # drop the [0] wrapper
+    idc = SpcIndirectDataContent.load(idc_der, strict=True)
+    algorithm = idc["message_digest"]["digest_algorithm"]["algorithm"].native
+    claimed = bytes(idc["message_digest"]["digest"].native)
+    certs = tuple(x509.load_der_x509_certificate(c.chosen.dump())
+                  for c in sd["certificates"] or [] if c.name == "certificate")
+    infos = sd["signer_infos"]
+    if len(infos) != 1:
+        raise AuthenticodeError(f"signature #{index} has {len(infos)} signers, not 1")
+    si = infos[0]
+    # Not unsignedAttrs: nothing reads them, and asn1crypto mis-models some real ones
+    # (Microsoft's timestamp countersignatures); the DER walker has checked their form.
+    for name in ("version", "sid", "digest_algorithm", "signed_attrs",
+                 "signature_algorithm", "signature"):
+        _require_canonical(si[name])
+    if si["version"].native != "v1":
+        raise ValueError(f"SignerInfo version {si['version'].native}, not v1")
+    if si["digest_algorithm"]["algorithm"].native not in {
+            a["algorithm"].native for a in sd["digest_algorithms"]}:
+        raise ValueError("the signer's digest algorithm is not among digestAlgorithms")
+    sid = si["sid"]
+    if sid.name != "issuer_and_serial_number":
+        raise AuthenticodeError(f"signature #{index} names its signer by key id")
+    issuer_der = sid.chosen["issuer"].dump()
+    serial = int(sid.chosen["serial_number"].native)
     signer = next((c for c in certs if c.serial_number == serial
                    and c.issuer.public_bytes() == issuer_der), None)
     issuer = (signer.issuer.rfc4514_string() if signer is not None
               else str(sid.chosen["issuer"].human_friendly))
+    # Parse every field verification reads (asn1crypto and cryptography parse lazily),
+    # so that a damaged one fails here, as "malformed".
+    _ = (si["digest_algorithm"]["algorithm"].native, si["signature"].native,
+         [(c.public_key(), c.subject.rfc4514_string()) for c in certs])
     info = SignatureInfo(index=index, digest_algorithm=str(algorithm), image_digest=claimed,
                          signer_issuer=issuer, signer_serial=serial,
                          signer=signer, certificates=certs, content_der=der)
@@ -456,7 +587,8 @@ def _parse_signature(index: int, der: bytes) -> tuple[SignatureInfo, cms.SignerI
 
 
 def list_signatures(image: bytes) -> list[SignatureInfo]:
-    """Every PKCS#7 signature in the certificate table, parsed but not verified."""
+    """Every PKCS#7 signature in the certificate table, parsed but not verified;
+    AuthenticodeError when one is malformed."""
     h = parse_pe(image)
     out: list[SignatureInfo] = []
     for rev, ctype, _, der in _entries(image, h):
@@ -490,50 +622,78 @@ def _chains_to(cert: x509.Certificate, pool: Sequence[x509.Certificate],
 
 
 def _check(image: bytes, index: int, der: bytes,
-           trusted: Sequence[x509.Certificate] | None) -> SignatureCheck:
-    info, si, idc_der = _parse_signature(index, der)
+           trusted: Sequence[x509.Certificate] | None,
+           image_digests: dict[str, bytes]) -> SignatureCheck:
+    try:
+        info, si, idc_der = _parse_signature(index, der)
+    except AuthenticodeError as e:
+        unknown = SignatureInfo(index=index, digest_algorithm="", image_digest=b"",
+                                signer_issuer="", signer_serial=0, signer=None,
+                                certificates=(), content_der=der)
+        reason = str(e).removeprefix(f"signature #{index} ").removeprefix("is ")
+        return SignatureCheck(unknown, False, reason)
+    try:
+        reason = _failure(image, info, si, idc_der, trusted, image_digests)
+    except Exception as e:
+        # As in _parse_signature: verifying damaged data can raise anything.
+        reason = f"malformed: {_first_line(e)}"
+    return SignatureCheck(info, not reason, reason)
 
-    def fail(reason: str) -> SignatureCheck:
-        return SignatureCheck(info, False, reason)
 
+def _failure(image: bytes, info: SignatureInfo, si: cms.SignerInfo, idc_der: bytes,
+             trusted: Sequence[x509.Certificate] | None,
+             image_digests: dict[str, bytes]) -> str:
+    """Why the signature does not hold, or "" when it does."""
     if info.digest_algorithm not in HASHES:
-        return fail(f"unsupported digest algorithm {info.digest_algorithm}")
-    if authenticode_digest(image, info.digest_algorithm) != info.image_digest:
-        return fail("image hash does not match the signed hash")
+        return f"unsupported digest algorithm {info.digest_algorithm}"
+    if info.digest_algorithm not in image_digests:  # several signatures: hash once
+        image_digests[info.digest_algorithm] = authenticode_digest(image,
+                                                                   info.digest_algorithm)
+    if image_digests[info.digest_algorithm] != info.image_digest:
+        return "image hash does not match the signed hash"
     if info.signer is None:
-        return fail("signer certificate is not included")
+        return "signer certificate is not included"
     digest = si["digest_algorithm"]["algorithm"].native
     if digest not in HASHES:
-        return fail(f"unsupported signer digest algorithm {digest}")
+        return f"unsupported signer digest algorithm {digest}"
     content_hash = hashlib.new(digest, _content_octets(idc_der)).digest()
     attrs = si["signed_attrs"]
-    if attrs.native is not None and len(attrs):
+    if not isinstance(attrs, core.Void) and len(attrs):
         values = {a["type"].native: a["values"] for a in attrs}
         md = values.get("message_digest")
         ctype = values.get("content_type")
         if md is None or bytes(md[0].native) != content_hash:
-            return fail("messageDigest attribute does not match the signed content")
+            return "messageDigest attribute does not match the signed content"
         if ctype is None or ctype[0].dotted != SPC_INDIRECT_DATA_OBJID:
-            return fail("contentType attribute is not SpcIndirectDataContent")
+            return "contentType attribute is not SpcIndirectDataContent"
         signed = _der_set(bytes(attrs.contents))
     else:
         signed = _content_octets(idc_der)
+    # The plain key algorithm, or key-with-hash naming the signer's digest (as OpenSSL).
+    allowed = ({"ecdsa", f"{digest}_ecdsa"}
+               if isinstance(info.signer.public_key(), ec.EllipticCurvePublicKey)
+               else {"rsassa_pkcs1v15", f"{digest}_rsa"})
+    if si["signature_algorithm"]["algorithm"].native not in allowed:
+        return (f"signature algorithm {si['signature_algorithm']['algorithm'].dotted} does "
+                "not match the signer's key")
     if not _check_signature(info.signer, bytes(si["signature"].native), signed, digest):
-        return fail("signature does not verify with the signer's certificate")
+        return "signature does not verify with the signer's certificate"
     if trusted is not None and not _chains_to(info.signer, info.certificates, trusted):
-        return fail("signer is not trusted by the given certificates")
-    return SignatureCheck(info, True, "")
+        return "signer is not trusted by the given certificates"
+    return ""
 
 
 def verify(image: bytes,
            trusted_certs: Sequence[x509.Certificate] | None = None) -> list[SignatureCheck]:
     """Check every signature: image hash, PKCS#7 signature and, when ``trusted_certs``
-    is given, that the signer is or chains to one of them."""
+    is given, that the signer is or chains to one of them.  A malformed signature is a
+    failed check (firmware skips it too), not an error."""
     h = parse_pe(image)
     checks: list[SignatureCheck] = []
+    image_digests: dict[str, bytes] = {}
     for rev, ctype, _, der in _entries(image, h):
         if rev == WIN_CERT_REVISION_2_0 and ctype == WIN_CERT_TYPE_PKCS_SIGNED_DATA:
-            checks.append(_check(image, len(checks), der, trusted_certs))
+            checks.append(_check(image, len(checks), der, trusted_certs, image_digests))
     return checks
 
 

@@ -52,6 +52,47 @@ class KeyMaterialError(CfsError):
     """Key material cannot be made or read."""
 
 
+MAX_COMMON_NAME = 64   # X.520 ub-common-name
+ROLE_TITLES = (("PK", "Platform Key"), ("KEK", "Key Exchange Key"),
+               ("db", "Signature Database Key"))
+LAST_VALID_TIME = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)  # GeneralizedTime
+
+
+def check_common_name(common_name: str) -> None:
+    """A CommonName X.509 can hold: 1 to 64 characters of valid text."""
+    try:
+        common_name.encode("utf-8", "strict")
+    except UnicodeEncodeError as e:
+        raise KeyMaterialError(f"common name {common_name!r} is not valid UTF-8 text") from e
+    if not common_name.strip():
+        raise KeyMaterialError("the common name must not be empty")
+    if len(common_name) > MAX_COMMON_NAME:
+        raise KeyMaterialError(f"common name {common_name!r} is {len(common_name)} characters; "
+                               f"X.509 allows at most {MAX_COMMON_NAME}")
+
+
+def check_validity(days: int, now: dt.datetime) -> None:
+    """``days`` from ``now`` must end by 9999-12-31, the last time X.509 can express."""
+    if days <= 0:
+        raise KeyMaterialError("certificate validity must be at least one day")
+    last = (LAST_VALID_TIME - now.astimezone(dt.UTC)).days
+    if days > last:
+        raise KeyMaterialError(f"certificate validity of {days} days ends after the year "
+                               f"9999 (at most {last} days from now)")
+
+
+def check_key_set_options(common_name: str, days: int, now: dt.datetime | None = None) -> None:
+    """Validate ``generate_key_set`` arguments before any (slow) key is generated."""
+    longest = max(len(title) for _, title in ROLE_TITLES) + 1
+    if len(common_name) > MAX_COMMON_NAME - longest:
+        raise KeyMaterialError(
+            f"--common-name is {len(common_name)} characters; at most "
+            f"{MAX_COMMON_NAME - longest} fit before the longest suffix ' Signature Database "
+            f"Key' in the {MAX_COMMON_NAME}-character X.509 CommonName")
+    check_common_name(common_name or "x")
+    check_validity(days, now or dt.datetime.now(dt.UTC))
+
+
 def efi_guid_bytes(guid: uuid.UUID) -> bytes:
     """EFI_GUID in memory order: the first three fields little-endian."""
     return guid.bytes_le
@@ -69,9 +110,9 @@ def self_signed_certificate(key: rsa.RSAPrivateKey, common_name: str, days: int 
     """A self-signed X.509 v3 certificate as firmware and signing tools expect: SHA-256
     with RSA, a positive random serial, CN subject = issuer, key identifiers,
     digitalSignature key usage and (for the image-signing db key) the codeSigning EKU."""
-    if days <= 0:
-        raise KeyMaterialError("certificate validity must be at least one day")
     now = now or dt.datetime.now(dt.UTC)
+    check_common_name(common_name)
+    check_validity(days, now)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     builder = (
@@ -209,10 +250,10 @@ def generate_key_set(common_name: str = "cfsboot", *, key_size: int = 2048,
     """
     owner = owner or uuid.uuid4()
     now = now or dt.datetime.now(dt.UTC)
+    check_key_set_options(common_name, days, now)
     pairs: dict[str, KeyPair] = {}
     files: dict[str, bytes] = {"GUID.txt": f"{owner}\n".encode()}
-    for role, title in (("PK", "Platform Key"), ("KEK", "Key Exchange Key"),
-                        ("db", "Signature Database Key")):
+    for role, title in ROLE_TITLES:
         key = generate_key(key_size)
         cert = self_signed_certificate(key, f"{common_name} {title}", days,
                                        code_signing=role == "db", now=now)

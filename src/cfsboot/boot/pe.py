@@ -77,6 +77,9 @@ class PeHeaders:
     sections: tuple[Section, ...]
     cert_table_offset: int  # DataDirectory[4].VirtualAddress: a file offset
     cert_table_size: int
+    # False when NumberOfRvaAndSizes < 5 or the optional header is too short to hold
+    # DataDirectory[4]: such an image has no place to declare a certificate table.
+    has_cert_directory: bool = True
 
     @property
     def coff_offset(self) -> int:
@@ -104,7 +107,7 @@ def _u32(data: bytes | bytearray, off: int) -> int:
     return int(struct.unpack_from("<I", data, off)[0])
 
 
-def parse_pe(data: bytes) -> PeHeaders:
+def parse_pe(data: bytes | bytearray) -> PeHeaders:
     """Parse the headers and section table, checking every offset against the length."""
     if len(data) < 0x40 or data[:2] != b"MZ":
         raise PeFormatError("not a PE image (no MZ header)")
@@ -125,7 +128,8 @@ def parse_pe(data: bytes) -> PeHeaders:
         raise PeFormatError("PE optional header too short")
     nrva = _u32(data, opt + rva_count_off)
     cert_dir = opt + rva_count_off + 4 + 8 * SECURITY_DIRECTORY
-    if nrva > SECURITY_DIRECTORY and cert_dir + 8 <= opt + optsz:
+    has_cert_directory = nrva > SECURITY_DIRECTORY and cert_dir + 8 <= opt + optsz
+    if has_cert_directory:
         cert_off, cert_size = struct.unpack_from("<II", data, cert_dir)
     else:
         cert_off, cert_size = 0, 0
@@ -152,28 +156,35 @@ def parse_pe(data: bytes) -> PeHeaders:
         checksum=_u32(data, opt + 64), subsystem=_u16(data, opt + 68),
         dll_characteristics=_u16(data, opt + 70),
         section_table_offset=table, sections=tuple(sections),
-        cert_table_offset=cert_off, cert_table_size=cert_size)
+        cert_table_offset=cert_off, cert_table_size=cert_size,
+        has_cert_directory=has_cert_directory)
 
 
-def pe_checksum(data: bytes, checksum_offset: int) -> int:
+def pe_checksum(data: bytes | bytearray, checksum_offset: int) -> int:
     """The PE CheckSum (§1.2): the 16-bit little-endian words summed with end-around
     carry, plus the file length.  Since 0x10000 = 1 (mod 0xFFFF), the folded word sum is
     the whole file read as one little-endian integer, reduced mod 0xFFFF (0 becomes
-    0xFFFF unless everything is zero) -- one pass in C instead of a Python loop."""
-    buf = bytearray(data)
-    buf[checksum_offset:checksum_offset + 4] = b"\0\0\0\0"
-    value = int.from_bytes(buf, "little")
-    folded = value % 0xFFFF
-    if folded == 0 and value:
+    0xFFFF unless everything is zero) -- one pass in C instead of a Python loop.  The
+    CheckSum field's share is subtracted from the residue instead of zeroing the field in
+    a copy, so a 100 MB image is neither copied nor turned into a second huge integer."""
+    value = int.from_bytes(data, "little")
+    field = int.from_bytes(data[checksum_offset:checksum_offset + 4], "little")
+    folded = (value % 0xFFFF - (field << 8 * checksum_offset) % 0xFFFF) % 0xFFFF
+    if folded == 0 and value != field << 8 * checksum_offset:  # not all zero
         folded = 0xFFFF
     return (folded + len(data)) & 0xFFFFFFFF
 
 
-def with_checksum(data: bytes) -> bytes:
+def set_checksum(buf: bytearray) -> None:
+    """Write the correct CheckSum into ``buf`` in place."""
+    off = parse_pe(buf).checksum_offset
+    struct.pack_into("<I", buf, off, pe_checksum(buf, off))
+
+
+def with_checksum(data: bytes | bytearray) -> bytes:
     """A copy of ``data`` with a correct CheckSum field."""
-    off = parse_pe(data).checksum_offset
     out = bytearray(data)
-    struct.pack_into("<I", out, off, pe_checksum(data, off))
+    set_checksum(out)
     return bytes(out)
 
 
@@ -182,7 +193,8 @@ def clear_dll_characteristics(data: bytes, mask: int) -> bytes:
     h = parse_pe(data)
     out = bytearray(data)
     struct.pack_into("<H", out, h.opt_offset + 70, h.dll_characteristics & ~mask)
-    return with_checksum(bytes(out))
+    set_checksum(out)
+    return bytes(out)
 
 
 def _strip_symbol_table(buf: bytearray, h: PeHeaders) -> bytearray:
@@ -232,7 +244,7 @@ def add_sections(image: bytes, new_sections: Sequence[tuple[str, bytes]]) -> byt
     if h.file_alignment == 0 or h.section_alignment == 0:
         raise PeFormatError("PE image has zero file or section alignment")
     buf = _align_raw_sections(_strip_symbol_table(bytearray(image), h), h)
-    h = parse_pe(bytes(buf))
+    h = parse_pe(buf)
     fa, sa = h.file_alignment, h.section_alignment
     size_of_headers = round_up(h.size_of_headers, fa)
     if h.sections and size_of_headers > min(
@@ -244,9 +256,12 @@ def add_sections(image: bytes, new_sections: Sequence[tuple[str, bytes]]) -> byt
     count = len(h.sections)
     last_va_end = max((s.virtual_address + s.virtual_size for s in h.sections), default=0)
     init_data = _u32(buf, h.opt_offset + 8)
+    # New payloads are collected and joined once at the end: growing one bytearray by a
+    # 100 MB kernel would copy it again on every reallocation.
+    appended: list[bytes] = []
+    end = len(buf)
     for name, payload in new_sections:
-        raw_name = name.encode("ascii")
-        if len(raw_name) > 8 or not raw_name or not name.isprintable():
+        if not name.isascii() or not 1 <= len(name) <= 8 or not name.isprintable():
             raise PeFormatError(f"bad PE section name {name!r} (1 to 8 printable ASCII)")
         old = original.get(name)
         if old is not None:
@@ -262,16 +277,20 @@ def add_sections(image: bytes, new_sections: Sequence[tuple[str, bytes]]) -> byt
         if hdr + SECTION_HEADER_SIZE > size_of_headers:
             raise PeFormatError(f"not enough PE header space to add section {name}")
         va = round_up(last_va_end, sa)
-        raw_pointer = round_up(len(buf), fa)
+        raw_pointer = round_up(end, fa)
         raw_size = round_up(len(payload), fa)
-        buf += bytes(raw_pointer - len(buf)) + payload + bytes(raw_size - len(payload))
+        appended += [bytes(raw_pointer - end), payload, bytes(raw_size - len(payload))]
+        end = raw_pointer + raw_size
         flags = SCN_MEM_READ | (SCN_CNT_CODE if name == ".linux" else SCN_CNT_INITIALIZED_DATA)
         buf[hdr:hdr + SECTION_HEADER_SIZE] = struct.pack(
-            "<8sIIIIIIHHI", raw_name, len(payload), va, raw_size, raw_pointer, 0, 0, 0, 0, flags)
+            "<8sIIIIIIHHI", name.encode("ascii"), len(payload), va, raw_size, raw_pointer,
+            0, 0, 0, 0, flags)
         count += 1
         last_va_end = va + len(payload)
         init_data = (init_data + len(payload)) & 0xFFFFFFFF
     struct.pack_into("<H", buf, h.coff_offset + 2, count)
     struct.pack_into("<I", buf, h.opt_offset + 8, init_data)
     struct.pack_into("<I", buf, h.opt_offset + 56, round_up(last_va_end, sa))
-    return with_checksum(bytes(buf))
+    out = bytearray().join([buf, *appended])
+    set_checksum(out)
+    return bytes(out)

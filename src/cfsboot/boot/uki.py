@@ -36,6 +36,8 @@ COMPOSEFS_HEX_LENGTHS = (64, 128)  # sha256 / sha512 fs-verity digests
 # .sbat with a newline only; "257" (the spec's §3.4 order) keeps .linux after the small
 # sections and ends .sbat with "\n\0".  (The exact release of the change is unsure.)
 LAYOUTS = ("257", "258")
+# Sections a stub must not have: their presence means the "stub" is already a UKI.
+UKI_PAYLOAD_SECTIONS = (".linux", ".initrd", ".cmdline", ".uname", ".ucode")
 DLL_NX_COMPAT = 0x0100
 
 
@@ -141,17 +143,32 @@ def uki_sections(stub: bytes, inputs: UkiInputs,
     return out
 
 
+def encode_text(text: str, what: str) -> bytes:
+    """UTF-8 bytes of a command-line string.  argv arrives with undecodable bytes as
+    lone surrogates, which must not become a traceback (or land in a UKI)."""
+    try:
+        return text.encode("utf-8", "strict")
+    except UnicodeEncodeError as e:
+        raise UkiError(f"{what} is not valid UTF-8 text") from e
+
+
 def build_uki(stub: bytes, inputs: UkiInputs, layout: str = "257") -> bytes:
     """An unsigned UKI (or a PE addon when there is no ``.linux``)."""
     h = parse_pe(stub)
     if h.subsystem != SUBSYSTEM_EFI_APPLICATION:
         raise UkiError(f"stub is not an EFI application (subsystem {h.subsystem})")
-    image = add_sections(stub, uki_sections(stub, inputs, layout))
+    payload = sorted({s.name for s in h.sections} & set(UKI_PAYLOAD_SECTIONS))
+    if payload:
+        # Its old sections would shadow or mix with the new ones (an old .initrd with a
+        # new .linux); a UKI is not a stub.
+        raise UkiError(f"the stub already has a {payload[0]} section (is it a UKI?); "
+                       "build from the plain systemd stub")
     if inputs.linux is not None and _lacks_nx_compat(inputs.linux):
         # The UKI must not claim NX compatibility its kernel lacks (newer ukify does this
-        # too): firmware enforcing NX would otherwise fail to boot the kernel.
-        image = clear_dll_characteristics(image, DLL_NX_COMPAT)
-    return image
+        # too): firmware enforcing NX would otherwise fail to boot the kernel.  Cleared
+        # on the small stub so the big image's checksum is computed only once.
+        stub = clear_dll_characteristics(stub, DLL_NX_COMPAT)
+    return add_sections(stub, uki_sections(stub, inputs, layout))
 
 
 def _lacks_nx_compat(kernel: bytes) -> bool:
@@ -274,7 +291,9 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace").rstrip("\0")
 
 
-def inspect_uki(image: bytes) -> UkiReport:
+def inspect_uki(image: bytes, *, signatures: bool = True) -> UkiReport:
+    """Sections, command line, os-release and (unless ``signatures`` is false) the
+    parsed signatures; a malformed signature is an AuthenticodeError."""
     h: PeHeaders = parse_pe(image)
     sections = []
     for s in h.sections:
@@ -293,7 +312,9 @@ def inspect_uki(image: bytes) -> UkiReport:
     linux, initrd = h.section(".linux"), h.section(".initrd")
     boot_digest = None
     if linux is not None and initrd is not None:
-        boot_digest = hashlib.sha256(linux.data(image) + initrd.data(image)).hexdigest()
+        md = hashlib.sha256(linux.data(image))
+        md.update(initrd.data(image))
+        boot_digest = md.hexdigest()
     return UkiReport(
         machine=MACHINES.get(h.machine, f"{h.machine:#06x}"), subsystem=h.subsystem,
         sections=tuple(sections), is_addon=linux is None, cmdline=cmdline,
@@ -301,7 +322,7 @@ def inspect_uki(image: bytes) -> UkiReport:
         composefs=composefs_karg(cmdline) if cmdline is not None else None,
         uname=text_of(".uname"), os_release=osrel, label=boot_label(osrel),
         boot_digest=boot_digest,
-        signatures=tuple(authenticode.list_signatures(image)))
+        signatures=tuple(authenticode.list_signatures(image)) if signatures else ())
 
 
 def report_to_json(report: UkiReport) -> dict[str, Any]:
@@ -336,11 +357,11 @@ def report_to_json(report: UkiReport) -> dict[str, Any]:
 def check_uki(image: bytes, expected_digest: str | None = None) -> list[str]:
     """Structural problems per the §5.4 checklist (signatures are checked separately)."""
     problems = []
-    report = inspect_uki(image)
+    report = inspect_uki(image, signatures=False)
     if report.subsystem != SUBSYSTEM_EFI_APPLICATION:
         problems.append(f"subsystem is {report.subsystem}, not an EFI application (10)")
     if report.is_addon:
-        problems.append("no .linux section (this is an addon, not a UKI)")
+        problems.append("not a UKI (no .linux section)")
     if report.composefs is None:
         problems.append("no composefs= argument in .cmdline")
     else:

@@ -16,7 +16,7 @@ import os
 import uuid
 
 from cfsboot.atomic import atomic_write_bytes
-from cfsboot.boot.keys import KEY_SIZES, generate_key_set
+from cfsboot.boot.keys import KEY_SIZES, check_key_set_options, generate_key_set
 from cfsboot.errors import CfsError
 
 
@@ -53,6 +53,7 @@ def run_generate(args: argparse.Namespace) -> int:
             raise CfsError(f"bad --timestamp {args.timestamp!r} (want ISO 8601)") from e
         if now.tzinfo is None:
             now = now.replace(tzinfo=dt.UTC)
+    check_key_set_options(args.common_name, args.days, now)  # before the slow key generation
     guid, files = generate_key_set(args.common_name, key_size=args.key_size, days=args.days,
                                    owner=owner, now=now)
     os.makedirs(args.directory, exist_ok=True)

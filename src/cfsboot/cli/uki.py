@@ -32,12 +32,12 @@ from cfsboot.errors import CfsError
 # Inputs that are "TEXT or @FILE" on the command line, as in ukify.
 
 
-def _text_or_file(value: str | None) -> bytes | None:
+def _text_or_file(value: str | None, what: str) -> bytes | None:
     if value is None:
         return None
     if value.startswith("@"):
         return Path(value[1:]).read_bytes()
-    return value.encode()
+    return uki.encode_text(value, what)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -117,19 +117,20 @@ def _read_optional(path: str | None) -> bytes | None:
 
 def run_build(args: argparse.Namespace) -> int:
     signer = signer_from_args(args)  # bad signing options fail before any input is read
+    _check_output(args.output)
     extra = []
     for spec in args.section:
         name, sep, content = spec.partition(":")
         if not sep or not name:
             raise CfsError(f"bad --section {spec!r} (want NAME:TEXT or NAME:@FILE)")
-        extra.append((name, _text_or_file(content) or b""))
+        extra.append((name, _text_or_file(content, f"--section {name}") or b""))
     stub_path = args.stub or uki.default_stub_path(args.efi_arch, addon=args.linux is None)
     stub = Path(stub_path).read_bytes()
     cmdline = None
     if args.cmdline is not None:
         cmdline = (Path(args.cmdline[1:]).read_bytes() if args.cmdline.startswith("@")
-                   else uki.normalize_cmdline(args.cmdline).encode())
-    os_release = _text_or_file(args.os_release)
+                   else uki.encode_text(uki.normalize_cmdline(args.cmdline), "--cmdline"))
+    os_release = _text_or_file(args.os_release, "--os-release")
     if os_release is None and args.linux is not None:
         default = "/etc/os-release" if os.path.exists("/etc/os-release") else \
             "/usr/lib/os-release"
@@ -141,15 +142,15 @@ def run_build(args: argparse.Namespace) -> int:
         linux=linux,
         initrds=[Path(f).read_bytes() for f in args.initrd],
         cmdline=cmdline, os_release=os_release,
-        uname=args.uname.encode() if args.uname else None,
+        uname=uki.encode_text(args.uname, "--uname") if args.uname else None,
         devicetree=_read_optional(args.devicetree), splash=_read_optional(args.splash),
         pcrpkey=_read_optional(args.pcrpkey), microcode=_read_optional(args.microcode),
-        sbat=[_decode(_text_or_file(s) or b"", "--sbat") for s in args.sbat],
+        sbat=[_decode(_text_or_file(s, "--sbat") or b"", "--sbat") for s in args.sbat],
         extra_sections=extra)
     image = uki.build_uki(stub, inputs, args.ukify_layout)
     if signer is not None:
         image = authenticode.sign(image, signer, extra_certs_from_args(args))
-    atomic_write_bytes(args.output, image, 0o755)
+    _atomic_write(args.output, image, 0o755)
     print(f"wrote {'signed' if signer else 'unsigned'} {args.output}", file=sys.stderr)
     return 0
 
@@ -220,6 +221,8 @@ def run_verify(args: argparse.Namespace) -> int:
         problems.append("image is not signed")
     elif checks and not any(c.ok for c in checks):
         problems.append("no signature verifies")
+    if any(p.startswith("not a UKI") for p in problems):
+        problems.append("use --pe-only to check only the signatures of another PE image")
     for problem in problems:
         print(f"cfsboot: {args.image}: {problem}", file=sys.stderr)
     if problems:
@@ -228,9 +231,38 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_signed(args: argparse.Namespace, image: bytes) -> int:
-    out = args.output or args.image
-    atomic_write_bytes(out, image, 0o755)
+def _check_output(out: str) -> None:
+    """Fail before any work (or HSM signing) when ``out`` cannot be written, naming it
+    rather than the temporary file the atomic write would fail on."""
+    if os.path.isdir(out):
+        raise CfsError(f"{out}: is a directory (--output names the file to write)")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise CfsError(f"{out}: directory {parent} does not exist")
+
+
+def _atomic_write(out: str, image: bytes, mode: int) -> None:
+    try:
+        atomic_write_bytes(out, image, mode)
+    except OSError as e:  # name the output, not the temporary file the error is about
+        raise CfsError(f"cannot write {out}: {e.strerror or e}") from e
+
+
+def _output_and_mode(args: argparse.Namespace) -> tuple[str, int]:
+    """Where a signed image goes and with which mode.  In place, a symlink's target is
+    replaced (the link stays a link) and the file keeps its mode; a new ``--output``
+    file gets 0755 like sbsign's, an existing one keeps its mode."""
+    out = args.output or os.path.realpath(args.image)
+    _check_output(out)
+    try:
+        mode = os.stat(out).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o755
+    return out, mode
+
+
+def _write_signed(out: str, mode: int, image: bytes) -> int:
+    _atomic_write(out, image, mode)
     count = len(authenticode.list_signatures(image))
     print(f"wrote {out} ({count} signature{'s' if count != 1 else ''})", file=sys.stderr)
     return 0
@@ -239,16 +271,18 @@ def _write_signed(args: argparse.Namespace, image: bytes) -> int:
 def run_sign(args: argparse.Namespace) -> int:
     signer = signer_from_args(args)
     assert signer is not None
+    out, mode = _output_and_mode(args)
     image = Path(args.image).read_bytes()
     if authenticode.list_signatures(image) and not args.append:
         raise CfsError(f"{args.image} is already signed (use --append to add a signature, "
                        "or 'uki resign' to replace)")
-    return _write_signed(args, authenticode.sign(image, signer, extra_certs_from_args(args),
+    return _write_signed(out, mode, authenticode.sign(image, signer, extra_certs_from_args(args),
                                                  append=True))
 
 
 def run_resign(args: argparse.Namespace) -> int:
     signer = signer_from_args(args)
     assert signer is not None
+    out, mode = _output_and_mode(args)
     image = authenticode.remove_signatures(Path(args.image).read_bytes())
-    return _write_signed(args, authenticode.sign(image, signer, extra_certs_from_args(args)))
+    return _write_signed(out, mode, authenticode.sign(image, signer, extra_certs_from_args(args)))
