@@ -795,3 +795,11 @@ def test_hard_linked_kernel(sample: Path, capsys: pytest.CaptureFixture[str]) ->
     result = seal.seal(str(sample))
     assert os.lstat(sample / "usr/lib/vmlinuz-hardlink").st_nlink == 1
     assert result.digest == cli_digest(sample, capsys)
+
+
+def test_non_utf8_karg_is_one_line(sample: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = snapshot(sample)
+    assert main(["seal", str(sample), "--unsigned", "--karg", "x=\udcff"]) == 1
+    err = capsys.readouterr().err
+    assert "not valid UTF-8" in err and err.count("\n") == 1, err
+    assert snapshot(sample) == before

@@ -381,8 +381,10 @@ def _build(inputs: SealInputs, options: SealOptions, data: dict[str, bytes], kar
     if signer is not None and options.sign_kernel is not False:
         linux = _maybe_sign_kernel(linux, signer, bool(options.sign_kernel))
     image = uki.build_uki(stub, uki.UkiInputs(
-        linux=linux, initrds=[data["initramfs"]], cmdline=cmdline.encode(),
-        os_release=data["os_release"], uname=inputs.kver.encode()), options.layout)
+        linux=linux, initrds=[data["initramfs"]],
+        cmdline=uki.encode_text(cmdline, "kernel command line"),
+        os_release=data["os_release"], uname=uki.encode_text(inputs.kver, "kernel version")),
+        options.layout)
     sd = data["systemd_boot"]
     if authenticode.list_signatures(sd):
         sd = authenticode.remove_signatures(sd)   # the distribution's signature is replaced
