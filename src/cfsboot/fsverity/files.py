@@ -38,7 +38,8 @@ from typing import NamedTuple, TypeVar, cast
 from cfsboot.errors import CfsError
 from cfsboot.fsverity.digest import FsVerityHasher, hash_constructor, whole_digest
 
-P = TypeVar("P", bound=str | os.PathLike[str])
+_AnyPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+P = TypeVar("P", bound=_AnyPath)
 
 DEFAULT_BUFSIZE = 1 << 20
 # Below this much data in total, forking workers (a few ms) costs more than it
@@ -108,7 +109,7 @@ def _fill(fd: int, buf: bytearray, view: memoryview) -> int:
     return filled
 
 
-def digest_file(path: str | os.PathLike[str], alg: str = "sha512", *,
+def digest_file(path: _AnyPath, alg: str = "sha512", *,
                 follow_symlinks: bool = True) -> bytes:
     """fs-verity digest of the file at ``path``.
 
@@ -140,33 +141,45 @@ class FileDigest(NamedTuple):
     unchanged: bool  # fstat after reading: same device, inode, size, mtime and ctime
 
 
-def digest_file_detailed(path: str | os.PathLike[str], alg: str = "sha512", *,
+def digest_file_detailed(path: _AnyPath, alg: str = "sha512", *,
                          follow_symlinks: bool = True) -> FileDigest:
     """:func:`digest_file`, plus the bytes read and the file's stat before/after."""
-    fd = _open(path, follow_symlinks)
+    fd, before = _open_stat(path, follow_symlinks)
     try:
-        before = os.fstat(fd)
         digest, size = digest_fd(fd, alg)
         after = os.fstat(fd)
     finally:
         os.close(fd)
-    key = _stat_key(before)
-    return FileDigest(digest, size, before.st_mode, *key, unchanged=_stat_key(after) == key)
+    return FileDigest(digest, size, before.st_mode, before.st_dev, before.st_ino,
+                      before.st_size, before.st_mtime_ns, before.st_ctime_ns,
+                      after.st_ino == before.st_ino and after.st_dev == before.st_dev
+                      and after.st_size == before.st_size
+                      and after.st_mtime_ns == before.st_mtime_ns
+                      and after.st_ctime_ns == before.st_ctime_ns)
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+def _open(path: _AnyPath, follow_symlinks: bool) -> int:
+    if follow_symlinks:
+        return os.open(path, _OPEN_FLAGS[True])
+    return _open_stat(path, follow_symlinks)[0]
 
 
-def _open(path: str | os.PathLike[str], follow_symlinks: bool) -> int:
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
-    if not follow_symlinks:
-        flags |= os.O_NOFOLLOW | os.O_NONBLOCK
-    fd = os.open(path, flags)
-    if not follow_symlinks and not stat.S_ISREG(os.fstat(fd).st_mode):
+def _open_stat(path: _AnyPath, follow_symlinks: bool) -> tuple[int, os.stat_result]:
+    """The open file and its fstat (one fstat serves the regular-file check too)."""
+    fd = os.open(path, _OPEN_FLAGS[follow_symlinks])
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not follow_symlinks and not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, NOT_REGULAR, os.fspath(path))
-    return fd
+    return fd, st
+
+
+_OPEN_FLAGS = {True: os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY,
+               False: os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NOFOLLOW | os.O_NONBLOCK}
 
 
 NOT_REGULAR = "not a regular file"  # strerror of the EINVAL for follow_symlinks=False
@@ -178,8 +191,9 @@ def default_threads() -> int:
 
 
 def digest_files(paths: Iterable[P], alg: str = "sha512", threads: int | None = None,
-                 *, sizes: Sequence[int] | None = None,
-                 follow_symlinks: bool = True) -> Generator[tuple[P, bytes], None, None]:
+                 *, sizes: Sequence[int] | None = None, follow_symlinks: bool = True,
+                 cost: Callable[[P], int] | None = None
+                 ) -> Generator[tuple[P, bytes], None, None]:
     """fs-verity digests of many files, hashed in parallel; yields (path, digest)
     **in input order**.
 
@@ -193,19 +207,25 @@ def digest_files(paths: Iterable[P], alg: str = "sha512", threads: int | None = 
     1024 files holding under 8 MiB, the calling thread hashes everything
     itself.  An OSError from a file is raised by the iterator when that file's
     turn comes; closing the iterator early stops the workers.
+
+    ``cost`` (e.g. a file's listed size in bytes) lets the workers take
+    several cheap files per task message: consecutive files are sent together
+    while their costs add up to under 256 KiB.  Without it every file is its
+    own message, so a big file never waits behind another in one worker.
     """
-    results = _digest_many(paths, alg, threads, sizes, follow_symlinks, digest_file)
+    results = _digest_many(paths, alg, threads, sizes, follow_symlinks, digest_file, cost)
     return cast(Generator[tuple[P, bytes], None, None], results)
 
 
 def digest_files_detailed(paths: Iterable[P], alg: str = "sha512", threads: int | None = None,
-                          *, sizes: Sequence[int] | None = None,
-                          follow_symlinks: bool = True
+                          *, sizes: Sequence[int] | None = None, follow_symlinks: bool = True,
+                          cost: Callable[[P], int] | None = None
                           ) -> Generator[tuple[P, FileDigest], None, None]:
     """:func:`digest_files` yielding (path, :class:`FileDigest`): the bytes read
     and the file's stat too, for scanners that must notice a file that changed
     or was replaced since it was listed."""
-    results = _digest_many(paths, alg, threads, sizes, follow_symlinks, digest_file_detailed)
+    results = _digest_many(paths, alg, threads, sizes, follow_symlinks, digest_file_detailed,
+                           cost)
     return cast(Generator[tuple[P, FileDigest], None, None], results)
 
 
@@ -216,7 +236,8 @@ _OneFile = Callable[..., "bytes | FileDigest"]
 
 def _digest_many(paths: Iterable[P], alg: str, threads: int | None,
                  sizes: Sequence[int] | None, follow_symlinks: bool,
-                 one_file: _OneFile) -> Generator[tuple[P, bytes | FileDigest], None, None]:
+                 one_file: _OneFile, cost: Callable[[P], int] | None = None
+                 ) -> Generator[tuple[P, bytes | FileDigest], None, None]:
     hash_constructor(alg)
     workers = default_threads() if threads is None else threads
     if sizes is not None:
@@ -238,14 +259,15 @@ def _digest_many(paths: Iterable[P], alg: str, threads: int | None,
     if workers <= 1 or not parallel or not hasattr(os, "fork"):
         yield from _in_order(tasks, lambda t: _digest_here(t, alg, follow_symlinks, one_file))
         return
-    pool = _ForkedPool(alg, workers, follow_symlinks, one_file)
+    pool = _ForkedPool(alg, workers, follow_symlinks, one_file,
+                       cast("Callable[[object], int] | None", cost))
     try:
         yield from _in_order(tasks, pool.run)
     finally:
         pool.stop()
 
 
-def _small(items: Sequence[str | os.PathLike[str]]) -> bool:
+def _small(items: Sequence[_AnyPath]) -> bool:
     """Whether a short list of files is too little data to be worth forking for."""
     if len(items) > PARALLEL_STAT_LIMIT:
         return False
@@ -264,7 +286,7 @@ class _Failure(NamedTuple):
 
 
 _Result = bytes | FileDigest | _Failure
-_Engine = Callable[[Iterator[tuple[int, "str | os.PathLike[str]"]]],
+_Engine = Callable[[Iterator[tuple[int, _AnyPath]]],
                    Iterator[tuple[int, _Result]]]
 
 
@@ -287,13 +309,13 @@ def _in_order(tasks: Iterator[tuple[int, P]], engine: _Engine
             result = ready.pop(next_seq)
             path = paths.pop(next_seq)
             if isinstance(result, _Failure):
-                name: str | os.PathLike[str] = path
+                name: _AnyPath = path
                 raise OSError(result.errno, result.strerror, os.fspath(name))
             yield path, result
             next_seq += 1
 
 
-def _digest_here(tasks: Iterator[tuple[int, str | os.PathLike[str]]], alg: str,
+def _digest_here(tasks: Iterator[tuple[int, _AnyPath]], alg: str,
                  follow_symlinks: bool, one_file: _OneFile) -> Iterator[tuple[int, _Result]]:
     for seq, path in tasks:
         try:
@@ -302,35 +324,42 @@ def _digest_here(tasks: Iterator[tuple[int, str | os.PathLike[str]]], alg: str,
             yield seq, _Failure(e.errno or 0, e.strerror or str(e))
 
 
-# A task message: sequence number, then the path bytes.
-_SEQ = struct.Struct("=q")
+# A task message holds one or more tasks, each a sequence number and the
+# length of the path bytes that follow.
+_TASK_HEAD = struct.Struct("=qH")
 _PATH_MAX = 4096  # Linux, counting the terminating NUL
-_MAX_TASK = _SEQ.size + _PATH_MAX
+_MAX_MESSAGE = 32 << 10  # a receive buffer for any message (one task fits easily)
+_BATCH_COST = 256 << 10  # cheap files travel together while their costs add up to less
+_BATCH_FILES = 32
 _STOP_FLAG = struct.Struct("=q")  # in shared memory, set by the parent to stop workers
-_TASKS_AHEAD_PER_WORKER = 64
-_REPORT_EVERY_FILES = 32
-_REPORT_EVERY_SECONDS = 0.002
+_TASKS_AHEAD_PER_WORKER = 512
+_REPORT_EVERY_FILES = 128
+_REPORT_EVERY_SECONDS = 0.004
 
-# A worker's report: finished (seq, digest), failed (seq, errno, strerror), and
-# whether this is its last message (a worker that vanishes without one died).
-_Report = tuple[list[tuple[int, bytes | FileDigest]], list[tuple[int, int, str]], bool]
+# A worker's report: finished (seq, digest or FileDigest fields), failed (seq,
+# errno, strerror), and whether this is its last message (a worker that
+# vanishes without one died).
+_Report = tuple[list[tuple[int, bytes | tuple[object, ...]]], list[tuple[int, int, str]], bool]
 
 
 class _ForkedPool:
     """Forked workers hashing files named in a shared task queue.
 
     The queue is a SOCK_SEQPACKET socket pair: every receive returns exactly
-    one whole message, so the workers share one end without any lock, at one
-    syscall per file.  The parent sends without blocking (it never stops
-    reading reports, so neither side can wedge the other); each worker reports
-    results in batches over its own pipe.
+    one whole message, so the workers share one end without any lock.  With a
+    ``cost`` per task, consecutive cheap files share one message (one send and
+    one receive for all of them).  The parent sends without blocking (it never
+    stops reading reports, so neither side can wedge the other); each worker
+    reports results in batches over its own pipe.
     """
 
     def __init__(self, alg: str, workers: int, follow_symlinks: bool,
-                 one_file: _OneFile | None = None) -> None:
+                 one_file: _OneFile | None = None,
+                 cost: Callable[[object], int] | None = None) -> None:
         self._alg = alg
         self._follow = follow_symlinks
         self._one_file = one_file or digest_file  # looked up now: tests patch it
+        self._cost = cost
         self._window = _TASKS_AHEAD_PER_WORKER * workers
         self._shm = mmap.mmap(-1, _STOP_FLAG.size)
         self._feed, self._queue = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -370,31 +399,41 @@ class _ForkedPool:
     # ---- worker side ------------------------------------------------------
 
     def _work(self, conn: Connection) -> None:
-        done: list[tuple[int, bytes | FileDigest]] = []
+        done: list[tuple[int, bytes | tuple[object, ...]]] = []
         one_file = self._one_file
+        alg, follow = self._alg, self._follow
         failed: list[tuple[int, int, str]] = []
         last_report = time.monotonic()
         queue = self._queue
+        head_size = _TASK_HEAD.size
         while not _STOP_FLAG.unpack_from(self._shm)[0]:
             try:
-                task = queue.recv(_MAX_TASK, socket.MSG_DONTWAIT)
+                message = queue.recv(_MAX_MESSAGE, socket.MSG_DONTWAIT)
             except BlockingIOError:  # about to wait for work: report first
                 if done or failed:
                     conn.send(([*done], [*failed], False))
                     done.clear()
                     failed.clear()
                     last_report = time.monotonic()
-                task = queue.recv(_MAX_TASK)
-            if not task:
+                message = queue.recv(_MAX_MESSAGE)
+            if not message:
                 break  # the parent closed its end and the queue is empty
-            (seq,) = _SEQ.unpack_from(task)
-            path = os.fsdecode(task[_SEQ.size :])
-            try:
-                done.append((seq, one_file(path, self._alg, follow_symlinks=self._follow)))
-            except OSError as e:
-                failed.append((seq, e.errno or 0, e.strerror or str(e)))
+            at = 0
+            while at < len(message):
+                seq, length = _TASK_HEAD.unpack_from(message, at)
+                at += head_size
+                path = os.fsdecode(message[at : at + length])
+                at += length
+                try:
+                    result = one_file(path, alg, follow_symlinks=follow)
+                    # A FileDigest goes as a plain tuple: pickling a NamedTuple
+                    # calls Python code for every file on both sides.
+                    done.append((seq, tuple(result) if type(result) is FileDigest else result))
+                except OSError as e:
+                    failed.append((seq, e.errno or 0, e.strerror or str(e)))
             now = time.monotonic()
-            if len(done) >= _REPORT_EVERY_FILES or now - last_report >= _REPORT_EVERY_SECONDS:
+            if (len(done) + len(failed) >= _REPORT_EVERY_FILES
+                    or now - last_report >= _REPORT_EVERY_SECONDS):
                 conn.send(([*done], [*failed], False))
                 done.clear()
                 failed.clear()
@@ -404,7 +443,7 @@ class _ForkedPool:
 
     # ---- parent side ------------------------------------------------------
 
-    def run(self, tasks: Iterator[tuple[int, str | os.PathLike[str]]]
+    def run(self, tasks: Iterator[tuple[int, _AnyPath]]
             ) -> Iterator[tuple[int, _Result]]:
         """Feed ``tasks`` to the workers; yield (seq, result) as they complete."""
         by_fd = {conn.fileno(): conn for conn in self._conns}
@@ -412,6 +451,10 @@ class _ForkedPool:
         for fd in by_fd:
             poller.register(fd, select.POLLIN)
         outbox: deque[bytes] = deque()  # task messages the queue has not taken yet
+        batch: list[bytes] = []  # encoded tasks of the message being filled
+        batch_cost = batch_bytes = 0
+        cost = self._cost
+        pack = _TASK_HEAD.pack
         in_flight = 0
         exhausted = False
         feed_fd = self._feed.fileno()
@@ -422,12 +465,26 @@ class _ForkedPool:
                 if task is None:
                     exhausted = True
                     break
-                encoded = os.fsencode(task[1])
+                seq, path = task
+                encoded = os.fsencode(path)
                 if len(encoded) >= _PATH_MAX:  # open() would refuse it; don't send it
-                    yield task[0], _Failure(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+                    yield seq, _Failure(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
                     continue
-                outbox.append(_SEQ.pack(task[0]) + encoded)
+                this_cost = _BATCH_COST if cost is None else cost(path)
+                if batch and (batch_cost + this_cost >= _BATCH_COST or len(batch) >= _BATCH_FILES
+                              or batch_bytes + len(encoded) + 16 > _MAX_MESSAGE):
+                    outbox.append(b"".join(batch))
+                    batch.clear()
+                    batch_cost = batch_bytes = 0
+                batch.append(pack(seq, len(encoded)))
+                batch.append(encoded)
+                batch_cost += this_cost
+                batch_bytes += _TASK_HEAD.size + len(encoded)
                 in_flight += 1
+            if batch:  # send what there is rather than wait for more
+                outbox.append(b"".join(batch))
+                batch.clear()
+                batch_cost = batch_bytes = 0
             try:
                 while outbox:
                     self._feed.send(outbox[0])
@@ -456,8 +513,11 @@ class _ForkedPool:
                     raise CfsError("an fs-verity worker process died") from None
                 done, failed, last = report
                 in_flight -= len(done) + len(failed)
-                for seq, digest in done:
-                    yield seq, digest
+                for seq, sent in done:
+                    if isinstance(sent, bytes):
+                        yield seq, sent
+                    else:  # a FileDigest's fields (see _work); C-level, no __new__ call
+                        yield seq, tuple.__new__(FileDigest, sent)
                 for seq, code, strerror in failed:
                     yield seq, _Failure(code, strerror)
                 if last:

@@ -31,7 +31,6 @@ import heapq
 import os
 import stat as st_
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,6 +172,9 @@ class _Job:
     st: os.stat_result
     content: External | None = None  # set once hashed (under _Scanner._lock)
 
+    def __fspath__(self) -> bytes:  # so the job itself goes to the hashing workers
+        return self.path
+
 
 class _Scanner:
     def __init__(self, root_path: bytes, options: ScanOptions) -> None:
@@ -200,31 +202,29 @@ class _Scanner:
 
     def scan_with_processes(self, root_st: os.stat_result, workers: int) -> Directory:
         root = Directory(_stat(self.root_path, root_st))
-        fed: deque[_Job] = deque()  # jobs handed to the workers, in order
 
-        def feed() -> Iterator[str]:
+        def feed() -> Iterator[_Job]:
             deferred: list[_Job] = []
+            progress = self.progress.enabled
             for batch in self.walk(root, root_st):
-                if batch:
+                if progress and batch:
                     self.progress.add_total(sum(job.st.st_size for job in batch))
                 for job in batch:
                     if job.st.st_size > _DEFER_BYTES:
                         deferred.append(job)
                     else:
-                        fed.append(job)
-                        yield os.fsdecode(job.path)
+                        yield job
             deferred.sort(key=lambda job: job.st.st_size, reverse=True)
-            for job in deferred:
-                fed.append(job)
-                yield os.fsdecode(job.path)
+            yield from deferred
 
         # Results come in the order fed; the generator is closed on any error,
-        # which stops and reaps the workers.
+        # which stops and reaps the workers.  Small files travel to the workers
+        # several to a message (cost = size).
         results = digest_files_detailed(feed(), self.options.alg, workers,
-                                        follow_symlinks=False)
+                                        follow_symlinks=False, cost=_job_size)
         try:
-            for _, result in results:
-                self._hashed(fed.popleft(), result)  # raises ScanError, never OSError
+            for job, result in results:
+                self._hashed(job, result)  # raises ScanError, never OSError
         except OSError as e:  # a file the workers could not read
             raise _read_error(e) from e
         finally:
@@ -486,6 +486,10 @@ class _HashPool:
             self._progress.advance(job.st.st_size)
 
 
+def _job_size(job: _Job) -> int:
+    return job.st.st_size
+
+
 def _read_error(e: OSError) -> ScanError:
     """A file the workers could not hash, as one clear line."""
     path = os.fsdecode(e.filename) if e.filename is not None else "?"
@@ -583,6 +587,10 @@ class ByteProgress:
                              console=Console(stderr=True), transient=True)
         self._task = self._bar.add_task(description, total=0)
         self._bar.start()
+
+    @property
+    def enabled(self) -> bool:
+        return self._bar is not None
 
     def add_total(self, n: int) -> None:
         if self._bar is not None:
