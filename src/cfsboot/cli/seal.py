@@ -4,6 +4,7 @@
     cfsboot seal ROOTFS --external-signing OUTDIR        (unsigned files + manifest.json)
     cfsboot seal inject SIGNED... --manifest M ROOTFS [--cert DB]
     cfsboot seal verify ROOTFS [--cert DB] [--allow-unsigned]
+    cfsboot seal oci --repo R --oci-image NAME --output DIR (--key K --cert C | --unsigned)
 
 Sealing checks the prerequisites (one kernel with vmlinuz + initramfs.img in
 /usr/lib/modules/<kver>/, systemd-boot, no bootupd, no pre-built UKI), computes
@@ -93,7 +94,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        "verify)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.register("action", "default_command", _DefaultCommandAction)
-    ssub = p.add_subparsers(dest="seal_command", metavar="[build|inject|verify]",
+    ssub = p.add_subparsers(dest="seal_command", metavar="[build|inject|verify|oci]",
                             action="default_command", required=True,
                             parser_class=_IntermixedParser)
 
@@ -136,6 +137,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _common(i)
     i.set_defaults(func=run_inject)
 
+    _register_oci(ssub)
+
     v = ssub.add_parser("verify", help="check that ROOTFS still matches its seal")
     v.add_argument("rootfs", metavar="ROOTFS")
     v.add_argument("--cert", action="append", default=[], metavar="FILE",
@@ -147,6 +150,66 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v.add_argument("--efi-arch", default="x64")
     _common(v)
     v.set_defaults(func=run_verify)
+
+
+def _register_oci(ssub: argparse._SubParsersAction[_IntermixedParser]) -> None:
+    """``seal oci --repo R --oci-image NAME --output DIR``: a stored image is immutable, so
+    the sealed boot files go to DIR in the ESP layout (EFI/Linux, EFI/BOOT, EFI/systemd)."""
+    from cfsboot.cli.repo import add_repo_options
+
+    o = ssub.add_parser("oci", help="seal an OCI image stored in a repository: write its "
+                        "UKI and systemd-boot to --output in the ESP layout")
+    o.add_argument("--oci-image", required=True, metavar="NAME",
+                   help="the stored image: a tag or a manifest digest")
+    o.add_argument("--output", required=True, metavar="DIR",
+                   help="new (or empty) directory for EFI/Linux/<kver>.efi, "
+                        "EFI/BOOT/BOOT<ARCH>.EFI and EFI/systemd/systemd-boot<arch>.efi")
+    o.add_argument("--unsigned", action="store_true", help="do not sign (testing only)")
+    o.add_argument("--karg", action="append", default=[], metavar="ARG",
+                   help="kernel argument after composefs=, repeatable")
+    o.add_argument("--allow-missing-verity", action="store_true",
+                   help="write composefs=?<digest> (fs-verity optional: not sealed)")
+    o.add_argument("--arch", dest="kargs_arch", metavar="ARCH",
+                   help="architecture for kargs.d match-architectures (Rust names)")
+    o.add_argument("--stub", metavar="FILE",
+                   help="UKI stub (default: the image's own systemd stub, else the host's)")
+    o.add_argument("--efi-arch", default="x64", choices=("x64", "aa64", "ia32", "riscv64",
+                                                         "loongarch64"))
+    o.add_argument("--ukify-layout", choices=LAYOUTS, default="257")
+    o.add_argument("--sign-kernel", action=argparse.BooleanOptionalAction, default=None,
+                   help="also sign the kernel PE (default: when it is an unsigned PE)")
+    o.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_repo_options(o)
+    add_signing_options(o, required=False)
+    o.set_defaults(func=run_oci)
+
+
+def run_oci(args: argparse.Namespace) -> int:
+    from cfsboot.boot import seal, seal_oci
+    from cfsboot.cli.repo import open_repo_from_args
+
+    signer = signer_from_args(args)
+    if signer is None and not args.unsigned:
+        raise CfsError("sealing needs --cert with --key/--sign-command/--pkcs11-uri "
+                       "(or --unsigned for testing)")
+    if signer is not None and args.unsigned:
+        raise CfsError("--unsigned conflicts with signing options")
+    options = seal.SealOptions(
+        signer=signer, extra_certs=extra_certs_from_args(args), kargs=args.karg,
+        allow_missing_verity=args.allow_missing_verity, efi_arch=args.efi_arch,
+        kargs_arch=args.kargs_arch, stub_path=args.stub, layout=args.ukify_layout,
+        sign_kernel=args.sign_kernel)
+    with open_repo_from_args(args) as repo:
+        result = seal_oci.seal_oci_image(repo, args.oci_image, args.output, options)
+    how = "signed" if result.signed else "UNSIGNED"
+    if result.insecure:
+        how += ", INSECURE: composefs=? does not require fs-verity, not a real seal"
+    _emit(args, asdict(result), [
+        f"sealed {result.image} ({result.manifest_digest}) ({how})",
+        f"composefs digest: {result.digest}", f"cmdline: {result.cmdline}",
+        f"UKI stub: {result.stub} ({STUB_ORIGINS.get(result.stub_origin or '', '?')})",
+        *(f"wrote {result.output}/{w}" for w in result.written)])
+    return 0
 
 
 def _force(p: argparse.ArgumentParser) -> None:

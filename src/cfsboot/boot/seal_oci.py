@@ -1,0 +1,335 @@
+"""Sealing an OCI image stored in a repository: the signed boot files, written out.
+
+A stored image is immutable, so unlike directory sealing (``seal.seal``) nothing
+is written into the tree: the UKI and systemd-boot go to an output directory in
+the ESP layout (``EFI/Linux/<kver>.efi``, ``EFI/BOOT/BOOT<ARCH>.EFI``,
+``EFI/systemd/systemd-boot<arch>.efi``).  The UKI seals the image's bootable tree
+with the kernel files removed, the very tree ``seal.final_tree_digest`` digests
+for a directory: the same OCI normalisation, kernel-file removal, boot transform
+and EROFS/fs-verity parameters (``sealed_tree_digest`` is that shared step over
+a tree model).  Kernel, initramfs, os-release, kargs.d and systemd-boot are read
+from the tree (repository objects); the prerequisite checks are those of
+``seal.check_prerequisites``, on the tree model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from cfsboot.boot import authenticode, pe, uki
+from cfsboot.boot.bootloader import BootEntryError, Type1Entry, Type2Entry, get_boot_resources
+from cfsboot.boot.digest import DigestOptions
+from cfsboot.boot.kargs import KARGS_DIR, Cmdline, parse_kargs_toml, rust_arch
+from cfsboot.boot.oci_bootable import repo_file_reader
+from cfsboot.boot.seal import (
+    BOOTUPD_PATHS,
+    MODULES_DIR,
+    OS_RELEASE_PATHS,
+    PrerequisiteError,
+    SealError,
+    SealInputs,
+    SealOptions,
+    _build,
+    systemd_boot_source,
+    systemd_boot_targets,
+    uki_target,
+)
+from cfsboot.boot.seal_install import KERNEL_FILES
+from cfsboot.boot.transform import transform_for_boot
+from cfsboot.erofs.writer import mkfs_erofs
+from cfsboot.errors import CfsError
+from cfsboot.fsverity import fsverity_digest
+from cfsboot.oci.image import OciImageError, create_filesystem, open_image, resolve_ref
+from cfsboot.repository import Repository
+from cfsboot.tree.model import Directory, External, Inline, Leaf
+
+ReadFile = Callable[[Leaf], bytes]
+ESP_PREFIX = "boot/"   # the sealed-tree paths are under /boot; the ESP is /boot's content
+
+
+# --- the shared digest step --------------------------------------------------------------------
+
+def sealed_tree_digest(root: Directory, kver: str, read_file: ReadFile,
+                       options: DigestOptions | None = None) -> str:
+    """The composefs digest of an OCI-normalised tree as sealing leaves it: the
+    kernel files of ``/usr/lib/modules/<kver>`` removed, then the boot transform
+    (which empties /boot), EROFS and fs-verity, as ``seal.final_tree_digest``.
+    ``root`` is modified."""
+    options = options or DigestOptions()
+    kdir = lookup(root, f"{MODULES_DIR}/{kver}")
+    for name in KERNEL_FILES:
+        removed = kdir.entries.pop(name.encode(), None) if isinstance(kdir, Directory) else None
+        if not isinstance(removed, Leaf):
+            raise SealError(f"/{MODULES_DIR}/{kver}/{name} is missing from the tree")
+    transform_for_boot(root, read_file)
+    return fsverity_digest(mkfs_erofs(root, options.format), options.alg).hex()
+
+
+# --- tree lookups and prerequisites ------------------------------------------------------------
+
+def lookup(root: Directory, rel: str) -> Directory | Leaf | None:
+    """The node at ``rel`` (no leading ``/``), never following a symlink."""
+    node: Directory | Leaf = root
+    for part in rel.split("/"):
+        if not isinstance(node, Directory):
+            return None
+        child = node.entries.get(part.encode())
+        if child is None:
+            return None
+        node = child
+    return node
+
+
+def _is_regular(node: Directory | Leaf | None) -> bool:
+    return isinstance(node, Leaf) and isinstance(node.content, (Inline, External))
+
+
+@dataclass(frozen=True)
+class TreeSealInputs:
+    kver: str
+    efi_arch: str
+    vmlinuz: Leaf
+    initramfs: Leaf
+    os_release: Leaf
+    systemd_boot: Leaf
+
+
+def check_tree_prerequisites(root: Directory, read_file: ReadFile, where: str,
+                             efi_arch: str = "x64") -> TreeSealInputs:
+    """``seal.check_prerequisites`` on a tree model (the image's), same messages."""
+    for name in ("usr", "boot", "sysroot"):
+        if not isinstance(lookup(root, name), Directory):
+            raise PrerequisiteError(f"not a container root: /{name} is missing or not a "
+                                    f"directory in {where}")
+    try:
+        entries = get_boot_resources(root, read_file)
+    except BootEntryError as e:
+        raise PrerequisiteError(f"{where}: {e}") from None
+    ukis = [e for e in entries if isinstance(e, Type2Entry)]
+    if ukis:
+        base = f"{MODULES_DIR}/{ukis[0].kver.decode(errors='replace')}" \
+            if ukis[0].kver is not None else "boot/EFI/Linux"
+        raise PrerequisiteError(f"{where} already contains a UKI at /{base}/"
+                                f"{ukis[0].file_path.decode(errors='replace')}; sealing "
+                                "builds the UKI")
+    type1 = [e for e in entries if isinstance(e, Type1Entry)]
+    if type1:
+        raise PrerequisiteError(f"{where} has a Type 1 boot entry /boot/loader/entries/"
+                                f"{type1[0].filename.decode(errors='replace')}; a sealed "
+                                "image boots only its UKI (remove the entry)")
+    modules = lookup(root, MODULES_DIR)
+    kvers = sorted(name.decode(errors="replace") for name, node in modules.entries.items()
+                   if isinstance(node, Directory) and b"vmlinuz" in node.entries) \
+        if isinstance(modules, Directory) else []
+    if not kvers:
+        raise PrerequisiteError(f"no kernel: no /{MODULES_DIR}/<kver>/vmlinuz in {where}")
+    if len(kvers) > 1:
+        raise PrerequisiteError(f"more than one kernel in /{MODULES_DIR}: {', '.join(kvers)}; "
+                                "a sealed image has exactly one")
+    kver = kvers[0]
+    kernel: dict[str, Leaf] = {}
+    for name in KERNEL_FILES:
+        rel = f"{MODULES_DIR}/{kver}/{name}"
+        node = lookup(root, rel)
+        if node is None:
+            raise PrerequisiteError(f"/{rel} is missing (a sealed image needs the kernel "
+                                    "and its initramfs)")
+        if not _is_regular(node):
+            raise PrerequisiteError(f"/{rel} is not a regular file")
+        assert isinstance(node, Leaf)
+        kernel[name] = node
+    for rel in BOOTUPD_PATHS:
+        if lookup(root, rel) is not None:
+            raise PrerequisiteError(f"bootupd is installed (/{rel}); sealed images boot with "
+                                    "systemd-boot: remove bootupd")
+    sd_rel = systemd_boot_source(efi_arch)
+    sd = lookup(root, sd_rel)
+    if not _is_regular(sd):
+        raise PrerequisiteError(f"systemd-boot is missing: /{sd_rel} is not a regular file "
+                                "(install systemd-boot)")
+    osrel = next((n for r in OS_RELEASE_PATHS if _is_regular(n := lookup(root, r))), None)
+    if not isinstance(osrel, Leaf):
+        raise PrerequisiteError(f"no os-release: neither /{OS_RELEASE_PATHS[0]} nor "
+                                f"/{OS_RELEASE_PATHS[1]} is a regular file in {where}")
+    assert isinstance(sd, Leaf)
+    vmlinuz, initramfs = (kernel[n] for n in KERNEL_FILES)
+    return TreeSealInputs(kver, efi_arch, vmlinuz, initramfs, osrel, sd)
+
+
+def kargs_in_tree(root: Directory, read_file: ReadFile, arch: str) -> list[str]:
+    """``kargs.kargs_in_root`` on a tree model: ``*.toml`` in kargs.d, sorted, regular."""
+    kdir = lookup(root, KARGS_DIR)
+    if kdir is None:
+        return []
+    if not isinstance(kdir, Directory):
+        raise SealError(f"/{KARGS_DIR} is not a directory")
+    merged = Cmdline()
+    for name, node in kdir.sorted_entries():
+        text = name.decode(errors="replace")
+        if not text.endswith(".toml") or text == ".toml":
+            continue
+        shown = f"/{KARGS_DIR}/{text}"
+        if not _is_regular(node):
+            raise SealError(f"{shown} is not a regular file; kargs.d files must be "
+                            "regular files")
+        assert isinstance(node, Leaf)
+        try:
+            content = read_file(node).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SealError(f"{shown} is not UTF-8: {e}") from e
+        merged.extend(uki.split_cmdline(" ".join(parse_kargs_toml(content, arch, shown))))
+    return merged.args
+
+
+def _stub(root: Directory, read_file: ReadFile, options: SealOptions
+          ) -> tuple[bytes, str, str]:
+    """As ``seal._stub``: ``--stub``, else the image's own stub, else the host's."""
+    own_rel = uki.default_stub_path(options.efi_arch).lstrip("/")
+    own = lookup(root, own_rel)
+    if options.stub_path is None and _is_regular(own):
+        assert isinstance(own, Leaf)
+        data, path, origin = read_file(own), f"/{own_rel} (in the image)", "image"
+    else:
+        path = options.stub_path or uki.default_stub_path(options.efi_arch)
+        origin = "option" if options.stub_path else "host"
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise SealError(f"cannot read the UKI stub {path}: {e.strerror} "
+                            "(install systemd-boot-efi or give --stub)") from e
+    try:
+        pe.parse_pe(data)
+    except CfsError as e:
+        raise SealError(f"the UKI stub {path} is unusable: {e}") from e
+    return data, path, origin
+
+
+# --- sealing -----------------------------------------------------------------------------------
+
+@dataclass
+class OciSealResult:
+    image: str
+    manifest_digest: str
+    digest: str
+    insecure: bool
+    kver: str
+    cmdline: str
+    signed: bool
+    output: str
+    written: list[str] = field(default_factory=list)   # relative to the output directory
+    stub: str | None = None
+    stub_origin: str | None = None
+
+
+def esp_path(sealed_rel: str) -> str:
+    """A sealed-tree path under /boot as a path on the ESP (the output directory)."""
+    if not sealed_rel.startswith(ESP_PREFIX):
+        raise SealError(f"/{sealed_rel} is not under /boot")
+    return sealed_rel[len(ESP_PREFIX):]
+
+
+def seal_oci_image(repo: Repository, name: str, output: str,
+                   options: SealOptions | None = None) -> OciSealResult:
+    """Seal the stored OCI image ``name`` (a tag or manifest digest): write the
+    signed UKI and systemd-boot to ``output`` (which must not exist, or be an
+    empty directory), all at once."""
+    options = options or SealOptions()
+    _check_output(output)
+    manifest_digest, manifest_verity = resolve_ref(repo, name)
+    img = open_image(repo, manifest_digest, manifest_verity)
+    if not img.is_container:
+        raise OciImageError(f"{name} is an artifact, not a container image")
+    read_file = repo_file_reader(repo)
+    root = create_filesystem(repo, img.config_desc.digest, img.config_verity)
+    where = f"image {name}"
+    tree = check_tree_prerequisites(root, read_file, where, options.efi_arch)
+    data = {"vmlinuz": read_file(tree.vmlinuz), "initramfs": read_file(tree.initramfs),
+            "os_release": read_file(tree.os_release),
+            "systemd_boot": read_file(tree.systemd_boot)}
+    kargsd = kargs_in_tree(root, read_file, options.kargs_arch or rust_arch(options.efi_arch))
+    stub, stub_path, stub_origin = _stub(root, read_file, options)
+    digest = sealed_tree_digest(root, tree.kver, read_file)
+    # _build needs only the kernel version and architecture of its inputs.
+    inputs = SealInputs(where, tree.kver, tree.efi_arch, OS_RELEASE_PATHS[0],
+                        systemd_boot_source(tree.efi_arch))
+    built = _build(inputs, options, data, kargsd, stub, digest)
+    files = {esp_path(uki_target(tree.kver)): built.uki}
+    for target in systemd_boot_targets(tree.efi_arch):
+        files[esp_path(target)] = built.systemd_boot
+    _check_built(files, esp_path(uki_target(tree.kver)), digest,
+                 [options.signer.certificate] if options.signer else None)
+    write_tree_atomically(output, files)
+    return OciSealResult(name, manifest_digest, digest, options.allow_missing_verity,
+                         tree.kver, built.cmdline, options.signer is not None, output,
+                         list(files), stub_path, stub_origin)
+
+
+def _check_built(files: dict[str, bytes], uki_rel: str, digest: str,
+                 trusted: list[x509.Certificate] | None) -> None:
+    problems = uki.check_uki(files[uki_rel], digest)
+    for rel, image in files.items() if trusted else ():
+        if not any(c.ok for c in authenticode.verify(image, trusted)):
+            problems.append(f"{rel}: signature does not verify")
+    if problems:
+        raise SealError(f"refusing to seal: {problems[0]}")
+
+
+# --- the output directory ----------------------------------------------------------------------
+
+def _check_output(output: str) -> None:
+    if os.path.islink(output):
+        raise SealError(f"{output} is a symlink; give a new directory")
+    if os.path.isdir(output):
+        if os.listdir(output):
+            raise SealError(f"{output} exists and is not empty; give a new or empty directory")
+    elif os.path.lexists(output):
+        raise SealError(f"{output} exists and is not a directory")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_tree_atomically(output: str, files: dict[str, bytes]) -> None:
+    """Write ``files`` (relative paths) into a temporary directory next to
+    ``output``, fsync everything, then rename it to ``output`` (replacing at most
+    an empty directory): ``output`` appears complete or not at all."""
+    output = os.path.abspath(output)
+    parent = os.path.dirname(output)
+    if not os.path.isdir(parent):
+        raise SealError(f"cannot create {output}: {parent} is not a directory")
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
+    try:
+        os.chmod(tmp, 0o755)
+        dirs = {tmp}
+        for rel, data in files.items():
+            path = os.path.join(tmp, rel)
+            os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+            d = os.path.dirname(path)
+            while d != tmp:
+                dirs.add(d)
+                d = os.path.dirname(d)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            with open(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for d in sorted(dirs, key=len, reverse=True):
+            _fsync_dir(d)
+        _check_output(output)
+        os.rename(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(parent)
