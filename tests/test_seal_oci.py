@@ -171,3 +171,31 @@ def test_prerequisites_match_directory_checks(stored: tuple[Repository, Path],
     with pytest.raises(seal.PrerequisiteError) as on_image:
         seal_oci.seal_oci_image(repo, "noinit", str(tmp_path / "o"), seal.SealOptions())
     assert str(on_image.value) == str(on_dir.value)
+
+
+def test_store_image_commits_what_composefs_pins(stored: tuple[Repository, Path],
+                                                 tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--store-image commits the sealed tree's image: its ID is the UKI's digest,
+    and (as root) the kernel mounts it without the kernel files."""
+    repo, _ = stored
+    out = tmp_path / "esp"
+    assert main(["seal", "oci", "--repo", repo.path, "--insecure", "--oci-image", "img",
+                 "--output", str(out), "--unsigned", "--store-image", "sealed/img"]) == 0
+    assert "stored the sealed image as images/refs/sealed/img" in capsys.readouterr().out
+    karg = uki_karg(out)
+    refs = {e.name: e for e in repo.list_image_refs()}
+    assert "sealed/img" in refs
+    assert os.readlink(Path(repo.path) / "images/refs/sealed/img").endswith(karg.digest)
+    assert main(["repo", "--repo", repo.path, "--insecure", "fsck"]) == 0
+    if os.geteuid() != 0:
+        return
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    assert main(["mount", "--repo", repo.path, "--insecure", "refs/sealed/img", str(mnt)]) == 0
+    try:
+        assert (mnt / "usr/lib/modules" / KVER).is_dir()
+        assert not (mnt / "usr/lib/modules" / KVER / "vmlinuz").exists()
+        assert (mnt / "usr/bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n" * 10
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -62,13 +62,21 @@ def sealed_tree_digest(root: Directory, kver: str, read_file: ReadFile,
     (which empties /boot), EROFS and fs-verity, as ``seal.final_tree_digest``.
     ``root`` is modified."""
     options = options or DigestOptions()
+    return fsverity_digest(sealed_tree_image(root, kver, read_file, options),
+                           options.alg).hex()
+
+
+def sealed_tree_image(root: Directory, kver: str, read_file: ReadFile,
+                      options: DigestOptions | None = None) -> bytes:
+    """The EROFS image whose digest ``sealed_tree_digest`` is (``root`` is modified)."""
+    options = options or DigestOptions()
     kdir = lookup(root, f"{MODULES_DIR}/{kver}")
     for name in KERNEL_FILES:
         removed = kdir.entries.pop(name.encode(), None) if isinstance(kdir, Directory) else None
         if not isinstance(removed, Leaf):
             raise SealError(f"/{MODULES_DIR}/{kver}/{name} is missing from the tree")
     transform_for_boot(root, read_file)
-    return fsverity_digest(mkfs_erofs(root, options.format), options.alg).hex()
+    return mkfs_erofs(root, options.format)
 
 
 # --- tree lookups and prerequisites ------------------------------------------------------------
@@ -226,6 +234,7 @@ class OciSealResult:
     written: list[str] = field(default_factory=list)   # relative to the output directory
     stub: str | None = None
     stub_origin: str | None = None
+    image_ref: str | None = None    # the sealed image stored in the repository, if any
 
 
 def esp_path(sealed_rel: str) -> str:
@@ -236,10 +245,12 @@ def esp_path(sealed_rel: str) -> str:
 
 
 def seal_oci_image(repo: Repository, name: str, output: str,
-                   options: SealOptions | None = None) -> OciSealResult:
+                   options: SealOptions | None = None,
+                   image_ref_name: str | None = None) -> OciSealResult:
     """Seal the stored OCI image ``name`` (a tag or manifest digest): write the
     signed UKI and systemd-boot to ``output`` (which must not exist, or be an
-    empty directory), all at once."""
+    empty directory), all at once.  With ``image_ref_name``, also commit the
+    sealed tree's image (the one ``composefs=`` pins) as images/refs/NAME."""
     options = options or SealOptions()
     _check_output(output)
     manifest_digest, manifest_verity = resolve_ref(repo, name)
@@ -255,7 +266,8 @@ def seal_oci_image(repo: Repository, name: str, output: str,
             "systemd_boot": read_file(tree.systemd_boot)}
     kargsd = kargs_in_tree(root, read_file, options.kargs_arch or rust_arch(options.efi_arch))
     stub, stub_path, stub_origin = _stub(root, read_file, options)
-    digest = sealed_tree_digest(root, tree.kver, read_file)
+    image = sealed_tree_image(root, tree.kver, read_file)
+    digest = fsverity_digest(image, "sha512").hex()
     # _build needs only the kernel version and architecture of its inputs.
     inputs = SealInputs(where, tree.kver, tree.efi_arch, OS_RELEASE_PATHS[0],
                         systemd_boot_source(tree.efi_arch))
@@ -266,9 +278,26 @@ def seal_oci_image(repo: Repository, name: str, output: str,
     _check_built(files, esp_path(uki_target(tree.kver)), digest,
                  [options.signer.certificate] if options.signer else None)
     write_tree_atomically(output, files)
+    image_ref = _store_sealed_image(repo, image, digest, image_ref_name)
     return OciSealResult(name, manifest_digest, digest, options.allow_missing_verity,
                          tree.kver, built.cmdline, options.signer is not None, output,
-                         list(files), stub_path, stub_origin)
+                         list(files), stub_path, stub_origin, image_ref)
+
+
+def _store_sealed_image(repo: Repository, image: bytes, digest: str,
+                        ref: str | None) -> str | None:
+    """Commit the image the UKI pins, so the repository can mount and deploy
+    exactly it (its ID is the digest in ``composefs=``).  Only a SHA-512
+    repository names images by that digest."""
+    if ref is None:
+        return None
+    if repo.algorithm.digest_size != 64:
+        raise SealError("the sealed digest is SHA-512: store the sealed image in a SHA-512 "
+                        f"repository (this one is {repo.algorithm.meta_name})")
+    stored = repo.write_image(ref, image)
+    if stored.hex() != digest:
+        raise SealError(f"stored image {stored.hex()} is not the sealed digest {digest}")
+    return ref
 
 
 def _check_built(files: dict[str, bytes], uki_rel: str, digest: str,

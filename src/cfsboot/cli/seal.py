@@ -164,6 +164,9 @@ def _register_oci(ssub: argparse._SubParsersAction[_IntermixedParser]) -> None:
     o.add_argument("--output", required=True, metavar="DIR",
                    help="new (or empty) directory for EFI/Linux/<kver>.efi, "
                         "EFI/BOOT/BOOT<ARCH>.EFI and EFI/systemd/systemd-boot<arch>.efi")
+    o.add_argument("--store-image", metavar="REF",
+                   help="also commit the sealed tree's image (the one composefs= pins; "
+                        "SHA-512 repository) as images/refs/REF, ready to mount")
     o.add_argument("--unsigned", action="store_true", help="do not sign (testing only)")
     o.add_argument("--karg", action="append", default=[], metavar="ARG",
                    help="kernel argument after composefs=, repeatable")
@@ -200,7 +203,8 @@ def run_oci(args: argparse.Namespace) -> int:
         kargs_arch=args.kargs_arch, stub_path=args.stub, layout=args.ukify_layout,
         sign_kernel=args.sign_kernel)
     with open_repo_from_args(args) as repo:
-        result = seal_oci.seal_oci_image(repo, args.oci_image, args.output, options)
+        result = seal_oci.seal_oci_image(repo, args.oci_image, args.output, options,
+                                         image_ref_name=args.store_image)
     how = "signed" if result.signed else "UNSIGNED"
     if result.insecure:
         how += ", INSECURE: composefs=? does not require fs-verity, not a real seal"
@@ -208,7 +212,9 @@ def run_oci(args: argparse.Namespace) -> int:
         f"sealed {result.image} ({result.manifest_digest}) ({how})",
         f"composefs digest: {result.digest}", f"cmdline: {result.cmdline}",
         f"UKI stub: {result.stub} ({STUB_ORIGINS.get(result.stub_origin or '', '?')})",
-        *(f"wrote {result.output}/{w}" for w in result.written)])
+        *(f"wrote {result.output}/{w}" for w in result.written),
+        *([f"stored the sealed image as images/refs/{result.image_ref}"]
+          if result.image_ref else [])])
     return 0
 
 
