@@ -86,6 +86,9 @@ def test_cli_session(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
                                        "images: 1/1 ok\nstatus: ok\n")
     assert _run("repo", "--repo", repo, "gc", "--dry-run") == 0
     assert capsys.readouterr().out == "Dry run (no files deleted):\nObjects: 0 removed (0 bytes)\n"
+    from cfsboot.cli.main import main
+    assert main(["repo", "--repo", repo, "gc", "--root", "no-such-stream"]) == 1
+    assert "no image or stream named no-such-stream" in capsys.readouterr().err
     os.unlink(Path(repo) / "images/refs/web")
     assert _run("repo", "--repo", repo, "gc") == 0
     out = capsys.readouterr().out

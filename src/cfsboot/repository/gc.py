@@ -77,6 +77,10 @@ def live_objects(repo: Repository, roots: Iterable[str] = ()) -> set[bytes]:
     for oid, name in _ref_roots(repo, "images") + [e for e in all_images if e[1] in extra]:
         keep_image(oid, name)
     all_streams = _category(repo, "streams")
+    unknown = extra - {name for _, name in all_images} - {name for _, name in all_streams}
+    if unknown:
+        # A mistyped root would silently let gc delete what the user meant to keep.
+        raise GcError(f"GC: no image or stream named {', '.join(sorted(unknown))}")
     stream_by_oid = {oid: name for oid, name in all_streams}
     pending = [name for _, name in _ref_roots(repo, "streams")]
     pending += [name for _, name in all_streams if name in extra]
