@@ -324,19 +324,29 @@ def final_tree_digest(inputs: SealInputs, threads: int | None = None,
     try:
         scan = scan_directory(inputs.rootfs, ScanOptions(
             alg=options.alg, track_hardlinks=True, threads=threads, cache=cache))
-        kdir = scan.root.get_path(os.fsencode(inputs.kernel_dir))
-        for name in KERNEL_FILES:
-            removed = kdir.entries.pop(name.encode(), None) \
-                if isinstance(kdir, Directory) else None
-            if not isinstance(removed, Leaf):
-                raise SealError(f"/{inputs.kernel_dir}/{name} changed while sealing")
         transform_for_oci(scan.root)
-        transform_for_boot(scan.root, source_reader(scan.sources, options.alg))
-        image = mkfs_erofs(scan.root, options.format)
+        image = sealed_image(scan.root, inputs.kernel_dir,
+                             source_reader(scan.sources, options.alg), "changed while sealing")
         return fsverity_digest(image, options.alg).hex()
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+def sealed_image(root: Directory, kernel_dir: str, read_file: Callable[[Leaf], bytes],
+                 if_missing: str) -> bytes:
+    """The EROFS image a UKI seals, from an OCI-normalised tree (modified in place):
+    the kernel files of ``kernel_dir`` removed, then the boot transform (which
+    empties /boot), in the digest's format.  Shared by directory and OCI sealing
+    so both pin exactly the same tree; ``if_missing`` ends the error message for
+    a kernel file that is not there."""
+    kdir = root.get_path(os.fsencode(kernel_dir))
+    for name in KERNEL_FILES:
+        removed = kdir.entries.pop(name.encode(), None) if isinstance(kdir, Directory) else None
+        if not isinstance(removed, Leaf):
+            raise SealError(f"/{kernel_dir}/{name} {if_missing}")
+    transform_for_boot(root, read_file)
+    return mkfs_erofs(root, DigestOptions().format)
 
 
 @contextlib.contextmanager
@@ -414,17 +424,27 @@ def _stub(inputs: SealInputs, options: SealOptions) -> tuple[bytes, str, str]:
         own = inputs.path(uki.default_stub_path(options.efi_arch).lstrip("/"))
         path, origin = (own, "image") if _is_file_in_tree(inputs.rootfs, own) else \
             (uki.default_stub_path(options.efi_arch), "host")
+    data = read_stub(path)
+    check_stub(data, path)
+    return data, path, origin
+
+
+def read_stub(path: str) -> bytes:
+    """A UKI stub file from the host (or ``--stub``)."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except OSError as e:
         raise SealError(f"cannot read the UKI stub {path}: {e.strerror} "
                         "(install systemd-boot-efi or give --stub)") from e
+
+
+def check_stub(data: bytes, path: str) -> None:
+    """Refuse a stub that is not a PE image, naming where it came from."""
     try:
         pe.parse_pe(data)
     except CfsError as e:
         raise SealError(f"the UKI stub {path} is unusable: {e}") from e
-    return data, path, origin
 
 
 def _is_file_in_tree(rootfs: str, path: str) -> bool:

@@ -6,7 +6,7 @@ the ESP layout (``EFI/Linux/<kver>.efi``, ``EFI/BOOT/BOOT<ARCH>.EFI``,
 ``EFI/systemd/systemd-boot<arch>.efi``).  The UKI seals the image's bootable tree
 with the kernel files removed, the very tree ``seal.final_tree_digest`` digests
 for a directory: the same OCI normalisation, kernel-file removal, boot transform
-and EROFS/fs-verity parameters (``sealed_tree_digest`` is that shared step over
+and EROFS/fs-verity parameters (``seal.sealed_image`` is that shared step over
 a tree model).  Kernel, initramfs, os-release, kargs.d and systemd-boot are read
 from the tree (repository objects); the prerequisite checks are those of
 ``seal.check_prerequisites``, on the tree model.
@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from cfsboot.boot import authenticode, pe, uki
+from cfsboot.boot import authenticode, uki
 from cfsboot.boot.bootloader import BootEntryError, Type1Entry, Type2Entry, get_boot_resources
-from cfsboot.boot.digest import DigestOptions
 from cfsboot.boot.kargs import KARGS_DIR, Cmdline, parse_kargs_toml, rust_arch
 from cfsboot.boot.oci_bootable import repo_file_reader
 from cfsboot.boot.seal import (
@@ -36,14 +35,14 @@ from cfsboot.boot.seal import (
     SealInputs,
     SealOptions,
     _build,
+    check_stub,
+    read_stub,
+    sealed_image,
     systemd_boot_source,
     systemd_boot_targets,
     uki_target,
 )
 from cfsboot.boot.seal_install import KERNEL_FILES
-from cfsboot.boot.transform import transform_for_boot
-from cfsboot.erofs.writer import mkfs_erofs
-from cfsboot.errors import CfsError
 from cfsboot.fsverity import fsverity_digest
 from cfsboot.oci.image import OciImageError, create_filesystem, open_image, resolve_ref
 from cfsboot.repository import Repository
@@ -54,30 +53,6 @@ ESP_PREFIX = "boot/"   # the sealed-tree paths are under /boot; the ESP is /boot
 
 
 # --- the shared digest step --------------------------------------------------------------------
-
-def sealed_tree_digest(root: Directory, kver: str, read_file: ReadFile,
-                       options: DigestOptions | None = None) -> str:
-    """The composefs digest of an OCI-normalised tree as sealing leaves it: the
-    kernel files of ``/usr/lib/modules/<kver>`` removed, then the boot transform
-    (which empties /boot), EROFS and fs-verity, as ``seal.final_tree_digest``.
-    ``root`` is modified."""
-    options = options or DigestOptions()
-    return fsverity_digest(sealed_tree_image(root, kver, read_file, options),
-                           options.alg).hex()
-
-
-def sealed_tree_image(root: Directory, kver: str, read_file: ReadFile,
-                      options: DigestOptions | None = None) -> bytes:
-    """The EROFS image whose digest ``sealed_tree_digest`` is (``root`` is modified)."""
-    options = options or DigestOptions()
-    kdir = lookup(root, f"{MODULES_DIR}/{kver}")
-    for name in KERNEL_FILES:
-        removed = kdir.entries.pop(name.encode(), None) if isinstance(kdir, Directory) else None
-        if not isinstance(removed, Leaf):
-            raise SealError(f"/{MODULES_DIR}/{kver}/{name} is missing from the tree")
-    transform_for_boot(root, read_file)
-    return mkfs_erofs(root, options.format)
-
 
 # --- tree lookups and prerequisites ------------------------------------------------------------
 
@@ -206,16 +181,8 @@ def _stub(root: Directory, read_file: ReadFile, options: SealOptions
     else:
         path = options.stub_path or uki.default_stub_path(options.efi_arch)
         origin = "option" if options.stub_path else "host"
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise SealError(f"cannot read the UKI stub {path}: {e.strerror} "
-                            "(install systemd-boot-efi or give --stub)") from e
-    try:
-        pe.parse_pe(data)
-    except CfsError as e:
-        raise SealError(f"the UKI stub {path} is unusable: {e}") from e
+        data = read_stub(path)
+    check_stub(data, path)
     return data, path, origin
 
 
@@ -266,7 +233,8 @@ def seal_oci_image(repo: Repository, name: str, output: str,
             "systemd_boot": read_file(tree.systemd_boot)}
     kargsd = kargs_in_tree(root, read_file, options.kargs_arch or rust_arch(options.efi_arch))
     stub, stub_path, stub_origin = _stub(root, read_file, options)
-    image = sealed_tree_image(root, tree.kver, read_file)
+    image = sealed_image(root, f"{MODULES_DIR}/{tree.kver}", read_file,
+                         "is missing from the tree")
     digest = fsverity_digest(image, "sha512").hex()
     # _build needs only the kernel version and architecture of its inputs.
     inputs = SealInputs(where, tree.kver, tree.efi_arch, OS_RELEASE_PATHS[0],
