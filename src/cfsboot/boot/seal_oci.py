@@ -58,15 +58,7 @@ ESP_PREFIX = "boot/"   # the sealed-tree paths are under /boot; the ESP is /boot
 
 def lookup(root: Directory, rel: str) -> Directory | Leaf | None:
     """The node at ``rel`` (no leading ``/``), never following a symlink."""
-    node: Directory | Leaf = root
-    for part in rel.split("/"):
-        if not isinstance(node, Directory):
-            return None
-        child = node.entries.get(part.encode())
-        if child is None:
-            return None
-        node = child
-    return node
+    return root.get_path(os.fsencode(rel))
 
 
 def _is_regular(node: Directory | Leaf | None) -> bool:
