@@ -42,7 +42,7 @@ from cfsboot.boot.seal import (
     systemd_boot_targets,
     uki_target,
 )
-from cfsboot.boot.seal_install import KERNEL_FILES
+from cfsboot.boot.seal_install import KERNEL_FILES, fsync_dir
 from cfsboot.fsverity import fsverity_digest
 from cfsboot.oci.image import OciImageError, create_filesystem, open_image, resolve_ref
 from cfsboot.repository import Repository
@@ -282,14 +282,6 @@ def _check_output(output: str) -> None:
         raise SealError(f"{output} exists and is not a directory")
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_tree_atomically(output: str, files: dict[str, bytes]) -> None:
     """Write ``files`` (relative paths) into a temporary directory next to
     ``output``, fsync everything, then rename it to ``output`` (replacing at most
@@ -315,10 +307,10 @@ def write_tree_atomically(output: str, files: dict[str, bytes]) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         for d in sorted(dirs, key=len, reverse=True):
-            _fsync_dir(d)
+            fsync_dir(d)
         _check_output(output)
         os.rename(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(parent)
+    fsync_dir(parent)
