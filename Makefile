@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup deps oracle example test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+# (_native.c: the optional C accelerator is compiled by the editable install)
+$(VENV)/.installed: pyproject.toml src/cfsboot/_native.c
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -34,4 +35,4 @@ bench: setup
 	$(PY) bench/digest.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info src/cfsboot/*.so

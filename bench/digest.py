@@ -15,6 +15,9 @@
    * cold:  the CLI (a fresh process, as in a build), no cache;
    * warm:  the CLI with --cache on the unchanged tree (after one run filled it).
    * start-up: the CLI printing --help (interpreter and imports), for scale.
+   The CLI hashes with the C accelerator when it is built ("c" workers:
+   threads) and in pure Python otherwise ("python" workers: processes); run
+   with CFSBOOT_NATIVE=0 in the environment to measure the latter.
 3. Prints the times and the ratios cold/floor (target <= 1.3 on 2 cores) and
    warm/cold (target <= 5%), both as best/best (the least disturbed runs, the
    figure to quote on a shared machine) and as the median of the per-round
@@ -240,7 +243,8 @@ def main() -> int:
     if len(digests) != 1:
         sys.exit(f"bench: digests differ between runs: {digests}")
     print(show(f"floor (sha512, {args.threads} threads)", floors))
-    print(show(f"cold  (CLI, no cache, {args.threads} procs)", colds))
+    hashing = reports[0].get("hashing", "?")
+    print(show(f"cold  (CLI, no cache, {args.threads} {hashing} workers)", colds))
     print(show("warm  (CLI, --cache, unchanged tree)", warms))
     print(show("CLI start-up alone (--help)", starts))
     best_cold = min(range(len(colds)), key=lambda i: colds[i].wall)

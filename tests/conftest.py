@@ -32,6 +32,19 @@ def need_root() -> None:
         pytest.skip("needs root")
 
 
+@pytest.fixture(params=["python", "c"])
+def verity_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the pure-Python hashing code and with the C accelerator."""
+    from cfsboot import native
+    if request.param == "python":
+        monkeypatch.setattr(native, "module", None)
+    elif native.module is None:
+        if os.environ.get("CI"):
+            pytest.fail("cfsboot._native was not built (make setup builds it; needs libssl-dev)")
+        pytest.skip("cfsboot._native not built (needs gcc and libssl-dev at install time)")
+    return str(request.param)
+
+
 def need_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:

@@ -12,6 +12,9 @@ import pytest
 from cfsboot.boot.digest import DigestOptions, compute_composefs_digest
 from cfsboot.tree import hashcache
 
+# Scans run with the pure-Python hashing code and with the C accelerator.
+pytestmark = pytest.mark.usefixtures("verity_impl")
+
 TICK = 0.025  # longer than a kernel timestamp tick
 
 

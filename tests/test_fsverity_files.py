@@ -17,6 +17,9 @@ from cfsboot.errors import CfsError
 from cfsboot.fsverity import digest_fd, digest_file, digest_files, files, fsverity_digest
 from cfsboot.fsverity.files import PARALLEL_MIN_BYTES
 
+# Every test here runs twice: pure Python (forked workers) and the C accelerator (threads).
+pytestmark = pytest.mark.usefixtures("verity_impl")
+
 
 def write(path: Path, size: int, seed: int) -> bytes:
     data = random.Random(seed).randbytes(size)
@@ -112,22 +115,23 @@ def make_files(root: Path, count: int) -> list[Path]:
 
 @pytest.mark.parametrize("alg", ["sha256", "sha512"])
 def test_digest_files_parallel_equals_sequential_in_input_order(
-        tmp_path: Path, alg: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, alg: str, monkeypatch: pytest.MonkeyPatch, verity_impl: str) -> None:
     paths = make_files(tmp_path, 300)
     paths.reverse()
     pools: list[object] = []
+    pool_name = "NativePool" if verity_impl == "c" else "_ForkedPool"
 
-    class SpyPool(files._ForkedPool):
+    class SpyPool(getattr(files, pool_name)):  # type: ignore[misc]
         def __init__(self, *args: Any) -> None:
             pools.append(self)
             super().__init__(*args)
 
-    monkeypatch.setattr(files, "_ForkedPool", SpyPool)
+    monkeypatch.setattr(files, pool_name, SpyPool)
     sequential = [(p, digest_file(p, alg)) for p in paths]
     assert list(digest_files(paths, alg, threads=1)) == sequential
     parallel = list(digest_files(iter(paths), alg, threads=2))
     assert parallel == sequential
-    assert len(pools) == 1  # the forked workers did it
+    assert len(pools) == 1  # the workers (processes or C threads) did it
     assert all(got is given for (got, _), given in zip(parallel, paths, strict=True))
     as_str = [str(p) for p in paths[:3]]
     assert list(digest_files(as_str, alg, threads=3)) == [
@@ -202,13 +206,14 @@ def test_digest_files_all_workers_dead_is_a_clean_error(
     assert_no_children()
 
 
-def test_digest_files_with_sizes_hashes_largest_first(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_digest_files_with_sizes_hashes_largest_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verity_impl: str) -> None:
     paths = make_files(tmp_path, 150)
     sizes = [p.stat().st_size for p in paths]
     fed: list[int] = []
+    pool_name = "NativePool" if verity_impl == "c" else "_ForkedPool"
 
-    class SpyPool(files._ForkedPool):
+    class SpyPool(getattr(files, pool_name)):  # type: ignore[misc]
         def run(self, tasks: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
             def spy() -> Iterator[tuple[int, Any]]:
                 for task in tasks:
@@ -216,7 +221,7 @@ def test_digest_files_with_sizes_hashes_largest_first(tmp_path: Path,
                     yield task
             return super().run(spy())
 
-    monkeypatch.setattr(files, "_ForkedPool", SpyPool)
+    monkeypatch.setattr(files, pool_name, SpyPool)
     got = list(digest_files(paths, "sha256", threads=2, sizes=sizes))
     assert got == [(p, digest_file(p, "sha256")) for p in paths]
     assert sorted(fed) == list(range(len(paths)))

@@ -34,6 +34,9 @@ from cfsboot.tree.model import (
 )
 from cfsboot.tree.scan import ScanError, ScanOptions, scan_directory
 
+# Scans run with the pure-Python hashing code and with the C accelerator.
+pytestmark = pytest.mark.usefixtures("verity_impl")
+
 
 def fsverity_tool(paths: list[Path], alg: str = "sha512") -> dict[Path, bytes]:
     """Digests from fsverity-utils, one process for all files."""
@@ -315,7 +318,10 @@ def test_file_changing_size_is_detected(tmp_path: Path) -> None:
 
 def patch_digest_fd(mp: pytest.MonkeyPatch, fake: Callable[..., tuple[bytes, int]]) -> None:
     """Replace digest_fd where both pipelines call it: the thread pool (with a
-    sink) and the forked workers (without one; they inherit the patch)."""
+    sink) and the forked workers (without one; they inherit the patch).  The
+    C accelerator hashes without calling it, so it is switched off."""
+    from cfsboot import native
+    mp.setattr(native, "module", None)
     mp.setattr(scan_mod, "digest_fd", fake)
     mp.setattr(fsverity_files, "digest_fd", fake)
 

@@ -14,6 +14,9 @@ from cfsboot.tree.hashcache import HashCache, TreeFingerprint, fingerprint_tree
 from cfsboot.tree.model import walk
 from cfsboot.tree.scan import ScanOptions, ScanResult, scan_directory
 
+# Scans run with the pure-Python hashing code and with the C accelerator.
+pytestmark = pytest.mark.usefixtures("verity_impl")
+
 # Longer than a kernel timestamp tick (jiffy), so that a change gets a new ctime;
 # real runs rely on the racy window instead.
 TICK = 0.025

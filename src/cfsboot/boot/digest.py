@@ -24,13 +24,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cfsboot import __version__
-from cfsboot.boot.transform import transform_for_boot, transform_for_oci
-from cfsboot.erofs.writer import mkfs_erofs
 from cfsboot.errors import CfsError
 from cfsboot.fsverity import DIGEST_SIZE, fsverity_digest
+from cfsboot.tree.counts import ScanCounts
 from cfsboot.tree.hashcache import HashCache, TreeFingerprint, fingerprint_tree
 from cfsboot.tree.model import Directory, External, Inline, Leaf, Sparse
-from cfsboot.tree.scan import ScanCounts, ScanOptions, scan_directory
 
 # bootc's exact refusal (crates/lib/src/bootc_composefs/digest.rs).
 ROOT_REFUSAL = "Cannot operate on active root filesystem; mount separate target instead"
@@ -101,6 +99,11 @@ def _compute(path: str, options: DigestOptions) -> DigestResult:
         if cached is not None:
             return cached
 
+    # Imported here: an unchanged tree (above) needs none of the machinery.
+    from cfsboot.boot.transform import transform_for_boot, transform_for_oci
+    from cfsboot.erofs.writer import mkfs_erofs
+    from cfsboot.tree.scan import ScanOptions, scan_directory
+
     fingerprint = TreeFingerprint(salt) if cache is not None else None
     scan = scan_directory(path, ScanOptions(
         alg=options.alg, track_hardlinks=True, threads=options.threads,
@@ -137,7 +140,7 @@ def _fingerprint_salt(options: DigestOptions) -> bytes:
     for dirpath, dirnames, filenames in os.walk(package):
         dirnames.sort()
         for name in sorted(filenames):
-            if name.endswith(".py"):
+            if name.endswith((".py", ".so")):
                 st = os.stat(os.path.join(dirpath, name))
                 parts.append(f"{dirpath}/{name} {st.st_size} {st.st_mtime_ns}".encode())
     return b"\n".join(parts)

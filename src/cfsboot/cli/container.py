@@ -58,7 +58,7 @@ def register_compute_composefs_digest(sub: Subparsers) -> None:
                    "/sysroot, SELinux labels); the OCI transform still applies")
     p.add_argument("--json", action="store_true",
                    help="print a JSON object (digest, format, hash, counts, time in "
-                   "seconds per phase, cached)")
+                   "seconds per phase, cached, hashing: c or python)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="hashing threads (default: usable CPUs)")
     p.add_argument("--cache", metavar="DIR",
@@ -71,6 +71,7 @@ def register_compute_composefs_digest(sub: Subparsers) -> None:
 def run_compute_composefs_digest(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise CfsError(f"invalid thread count {args.threads}")
+    from cfsboot import native
     from cfsboot.boot.digest import DigestOptions, compute_composefs_digest
 
     options = DigestOptions(alg=args.hash, format=args.format,
@@ -94,6 +95,7 @@ def run_compute_composefs_digest(args: argparse.Namespace) -> int:
             "counts": vars(result.counts),
             "time": {k: round(v, 6) for k, v in result.timings.items()},
             "cached": result.from_cache,  # the whole result came from --cache
+            "hashing": native.describe(),  # "c": the accelerator; "python": without it
         }
         print(json.dumps(report, indent=1))
     else:

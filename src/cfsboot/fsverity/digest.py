@@ -22,6 +22,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Literal, Protocol
 
+from cfsboot import native
 from cfsboot.errors import CfsError
 
 Algorithm = Literal["sha256", "sha512"]
@@ -115,6 +116,8 @@ def whole_digest(data: bytes | bytearray | memoryview, alg: str = "sha512") -> b
     new = hash_constructor(alg)
     view = memoryview(data).cast("B")
     size = len(view)
+    if native.module is not None and size > BLOCK_SIZE:
+        return native.module.digest_buffer(view, KERNEL_ALG_ID[alg])
     if size == 0:
         root = bytes(DIGEST_SIZE[alg])
     elif size < BLOCK_SIZE:  # most files: one short block, hashed padded

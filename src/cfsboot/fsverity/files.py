@@ -32,11 +32,15 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from multiprocessing.connection import Connection
-from typing import NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
 
+from cfsboot import native
 from cfsboot.errors import CfsError
-from cfsboot.fsverity.digest import FsVerityHasher, hash_constructor, whole_digest
+from cfsboot.fsverity.digest import KERNEL_ALG_ID, FsVerityHasher, hash_constructor, whole_digest
+from cfsboot.fsverity.native_pool import NOT_REGULAR_CODE, NativePool, NativeResult
+
+if TYPE_CHECKING:  # imported when a forked pool starts: the C path never needs it
+    from multiprocessing.connection import Connection
 
 _AnyPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 P = TypeVar("P", bound=_AnyPath)
@@ -71,6 +75,8 @@ def digest_fd(fd: int, alg: str = "sha512", *,
     hash_constructor(alg)  # fail on a bad algorithm before reading anything
     if bufsize < 1:
         raise ValueError("bufsize must be positive")
+    if sink is None and native.module is not None:
+        return native.module.digest_fd(fd, KERNEL_ALG_ID[alg])
     free = _buffers.free.setdefault(bufsize, [])
     buf = free.pop() if free else bytearray(bufsize)
     view = memoryview(buf)
@@ -232,6 +238,9 @@ def digest_files_detailed(paths: Iterable[P], alg: str = "sha512", threads: int 
 # How one file is hashed (digest_file or digest_file_detailed); workers
 # inherit it through fork, so it need not be picklable.
 _OneFile = Callable[..., "bytes | FileDigest"]
+# The hashing functions the C accelerator reproduces, and whether each wants
+# the details: anything else (a test's stand-in) runs on the forked workers.
+_NATIVE_SHAPES: dict[_OneFile, bool] = {}
 
 
 def _digest_many(paths: Iterable[P], alg: str, threads: int | None,
@@ -256,7 +265,20 @@ def _digest_many(paths: Iterable[P], alg: str, threads: int | None,
         first = list(itertools.islice(source, 2))
         tasks = enumerate(itertools.chain(first, source))
         parallel = len(first) > 1
-    if workers <= 1 or not parallel or not hasattr(os, "fork"):
+    if workers <= 1 or not parallel:
+        yield from _in_order(tasks, lambda t: _digest_here(t, alg, follow_symlinks, one_file))
+        return
+    if native.module is not None and one_file in _NATIVE_SHAPES:
+        detailed = _NATIVE_SHAPES[one_file]
+        native_pool = NativePool(native.module, KERNEL_ALG_ID[alg], workers, not follow_symlinks,
+                             cast("Callable[[object], int] | None", cost))
+        try:
+            yield from _in_order(tasks, lambda t: (
+                (seq, _from_native(raw, detailed)) for seq, raw in native_pool.run(t)))
+        finally:
+            native_pool.stop()
+        return
+    if not hasattr(os, "fork"):
         yield from _in_order(tasks, lambda t: _digest_here(t, alg, follow_symlinks, one_file))
         return
     pool = _ForkedPool(alg, workers, follow_symlinks, one_file,
@@ -265,6 +287,16 @@ def _digest_many(paths: Iterable[P], alg: str, threads: int | None,
         yield from _in_order(tasks, pool.run)
     finally:
         pool.stop()
+
+
+def _from_native(raw: NativeResult, detailed: bool) -> bytes | FileDigest | _Failure:
+    if type(raw) is int:
+        if raw == NOT_REGULAR_CODE:
+            return _Failure(errno.EINVAL, NOT_REGULAR)
+        return _Failure(raw, os.strerror(raw))
+    assert not isinstance(raw, int)
+    # C-level construction, no NamedTuple __new__ call per file
+    return tuple.__new__(FileDigest, raw) if detailed else raw[0]
 
 
 def _small(items: Sequence[_AnyPath]) -> bool:
@@ -376,6 +408,7 @@ class _ForkedPool:
         self._feed.setblocking(False)
 
     def _spawn(self) -> None:
+        from multiprocessing.connection import Connection
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: hash, report, and leave without running any cleanup
@@ -539,3 +572,6 @@ class _ForkedPool:
             with contextlib.suppress(ChildProcessError):  # SIGCHLD ignored: auto-reaped
                 os.waitpid(pid, 0)
         self._shm.close()
+
+
+_NATIVE_SHAPES.update({digest_file: False, digest_file_detailed: True})

@@ -34,13 +34,16 @@ import threading
 import time
 from typing import Any
 
+from cfsboot import native
 from cfsboot.atomic import atomic_write_bytes
 from cfsboot.errors import CfsError
 
 CacheKey = tuple[int, int, int, int, int]
 
 _RECORD = struct.Struct("<QQQqq")
-_FP_ENTRY = struct.Struct("<IIQQQIIQqqq")  # name length, then the stat identity
+# name length, then the stat identity; times in ns modulo 2^64 (as _native.c packs them)
+_FP_ENTRY = struct.Struct("<IIQQQIIQQQQ")
+_U64 = (1 << 64) - 1
 _FP_DIR = struct.Struct("<II")  # marker, path length
 _RESULTS_KEPT = 16
 # A ctime this close to the scan start (or later) may be "racily clean".
@@ -204,16 +207,21 @@ class TreeFingerprint:
     newest ctime is older than the racy window are worth recording.
     """
 
-    __slots__ = ("_parts", "newest_ctime_ns")
+    __slots__ = ("_digest", "_parts", "newest_ctime_ns")
 
     def __init__(self, salt: bytes) -> None:
         self._parts: list[bytes] = [salt]
+        self._digest: bytes | None = None  # set when the C walk computed it
         self.newest_ctime_ns = 0
+
+    @property
+    def salt(self) -> bytes:
+        return self._parts[0]
 
     def entry(self, name: bytes, st: os.stat_result) -> None:
         self._parts.append(_FP_ENTRY.pack(
             len(name), st.st_mode, st.st_dev, st.st_ino, st.st_nlink, st.st_uid, st.st_gid,
-            st.st_rdev, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            st.st_rdev, st.st_size, st.st_mtime_ns & _U64, st.st_ctime_ns & _U64))
         self._parts.append(name)
         if st.st_ctime_ns > self.newest_ctime_ns:
             self.newest_ctime_ns = st.st_ctime_ns
@@ -226,6 +234,8 @@ class TreeFingerprint:
             self.entry(name, st)
 
     def digest(self) -> bytes:
+        if self._digest is not None:
+            return self._digest
         return hashlib.sha256(b"".join(self._parts)).digest()
 
     def is_settled(self, started_ns: int) -> bool:
@@ -241,9 +251,18 @@ def fingerprint_tree(path: str, fingerprint: TreeFingerprint) -> TreeFingerprint
     Same traversal as ``scan._Scanner.walk`` (pop a directory, its entries in
     readdir order, push its subdirectories in that order), but entries are
     stat'ed relative to the directory's descriptor, which saves a full path
-    walk per entry.
+    walk per entry.  The C accelerator, when built, does the same walk (and
+    feeds the same records to the same hash) ~10x faster.
     """
     root_path = os.fsencode(path)
+    if native.module is not None:
+        try:
+            digest, sec, nsec = native.module.fingerprint_tree(root_path, fingerprint.salt)
+        except OSError:
+            return None
+        fingerprint._digest = digest
+        fingerprint.newest_ctime_ns = sec * 10**9 + nsec
+        return fingerprint
     try:
         fingerprint.entry(b"", os.lstat(root_path))
         stack = [root_path]

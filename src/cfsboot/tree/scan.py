@@ -38,6 +38,7 @@ from typing import Any
 from cfsboot.errors import CfsError
 from cfsboot.fsverity import digest_fd
 from cfsboot.fsverity.files import NOT_REGULAR, FileDigest, digest_files_detailed
+from cfsboot.tree.counts import ScanCounts
 from cfsboot.tree.digest_store import ObjectSink
 from cfsboot.tree.hashcache import HashCache, TreeFingerprint, cache_key
 from cfsboot.tree.model import (
@@ -80,22 +81,6 @@ class ScanOptions:
     progress: bool = False  # a progress bar on stderr (callers pass isatty())
     bufsize: int = 1 << 20  # read size per hashing thread (with a sink; workers read 1 MiB)
     fingerprint: TreeFingerprint | None = None  # fed every entry's stat identity
-
-
-@dataclass
-class ScanCounts:
-    directories: int = 0
-    regular_files: int = 0
-    inline_files: int = 0
-    external_files: int = 0
-    symlinks: int = 0
-    devices: int = 0
-    fifos: int = 0
-    sockets: int = 0
-    hardlinks: int = 0  # names beyond the first of a hard-linked leaf
-    bytes_external: int = 0  # total size of external files
-    bytes_hashed: int = 0  # bytes actually read and hashed (cache misses)
-    cache_hits: int = 0
 
 
 @dataclass

@@ -1,0 +1,43 @@
+"""The optional C accelerator (``cfsboot/_native.c``), when it was built.
+
+``module`` is the extension, or None: then every caller runs its pure-Python
+twin, which gives identical results (the tests compare the two).  Setting
+``CFSBOOT_NATIVE=0`` in the environment chooses the Python code even where the
+extension exists, to compare or to rule it out.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+
+class NativeModule(Protocol):
+    """What ``_native.c`` provides (see its comments, and ``_native.pyi``)."""
+
+    def digest_fd(self, fd: int, alg: int, /) -> tuple[bytes, int]: ...
+
+    def digest_buffer(self, data: bytes | bytearray | memoryview, alg: int, /) -> bytes: ...
+
+    def digest_paths(self, paths: list[bytes], alg: int, nofollow: bool, dir_fd: int = ...,
+                     /) -> list[tuple[bytes, int, int, int, int, int, int, int, bool] | int]: ...
+
+    def fingerprint_tree(self, root: bytes, salt: bytes, /) -> tuple[bytes, int, int]: ...
+
+
+def _load() -> NativeModule | None:
+    if os.environ.get("CFSBOOT_NATIVE", "1") == "0":
+        return None
+    try:
+        from cfsboot import _native
+    except ImportError:  # not built: no compiler or no OpenSSL headers at install
+        return None
+    return _native
+
+
+module: NativeModule | None = _load()
+
+
+def describe() -> str:
+    """For --json reports and benchmarks: which implementation runs."""
+    return "c" if module is not None else "python"

@@ -1,0 +1,176 @@
+"""The C accelerator (cfsboot._native) against independent references: the
+spec's whole-buffer algorithm, `fsverity digest`, os.stat, and the pure-Python
+tree fingerprint it must reproduce record for record."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import need_tool
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_fsverity import reference_digest
+
+from cfsboot import native
+from cfsboot.fsverity import KERNEL_ALG_ID
+from cfsboot.native import NativeModule
+from cfsboot.tree import hashcache
+
+
+@pytest.fixture
+def c() -> NativeModule:
+    if native.module is None:
+        if os.environ.get("CI"):
+            pytest.fail("cfsboot._native was not built (make setup builds it; needs libssl-dev)")
+        pytest.skip("cfsboot._native not built (needs gcc and libssl-dev at install time)")
+    return native.module
+
+
+BLOCK = 4096
+# Tree shapes: one block, one level of hashes full (64 SHA-512 / 128 SHA-256
+# hashes per block) and one more, two levels full and one more; the 1 MiB
+# read size and around it.
+SIZES = [0, 1, 64, 4095, 4096, 4097, 8192, 64 * BLOCK, 64 * BLOCK + 1, 128 * BLOCK,
+         128 * BLOCK + 1, 64 * 64 * BLOCK, 64 * 64 * BLOCK + 1, (1 << 20) - 1, 1 << 20,
+         (1 << 20) + 1, 3 * (1 << 20) + 5]
+
+
+def data_of(size: int) -> bytes:
+    return random.Random(size).randbytes(size)
+
+
+@pytest.mark.parametrize("alg", ["sha256", "sha512"])
+@pytest.mark.parametrize("size", SIZES)
+def test_buffer_and_fd_digests_equal_the_reference(c: NativeModule, tmp_path: Path, alg: str,
+                                                    size: int) -> None:
+    data = data_of(size)
+    want = reference_digest(data, alg)
+    assert c.digest_buffer(data, KERNEL_ALG_ID[alg]) == want
+    path = tmp_path / "f"
+    path.write_bytes(b"skipped" + data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, 7, os.SEEK_SET)  # from the current position, like the Python version
+        assert c.digest_fd(fd, KERNEL_ALG_ID[alg]) == (want, size)
+    finally:
+        os.close(fd)
+
+
+def test_sha256_three_level_tree(c: NativeModule) -> None:
+    size = 128 * 128 * BLOCK + 1  # 64 MiB + 1: three levels of SHA-256 hashes
+    data = bytes(range(256)) * (size // 256) + b"x"
+    assert c.digest_buffer(data, 1) == reference_digest(data, "sha256")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 600_000), st.sampled_from(["sha256", "sha512"]))
+def test_random_sizes(size: int, alg: str) -> None:
+    if native.module is None:
+        pytest.skip("cfsboot._native not built")
+    data = data_of(size)
+    assert native.module.digest_buffer(data, KERNEL_ALG_ID[alg]) == reference_digest(data, alg)
+
+
+def test_digests_equal_fsverity_utils(c: NativeModule, tmp_path: Path) -> None:
+    tool = need_tool("fsverity")
+    paths = []
+    for size in (0, 4097, 64 * 64 * BLOCK + 1, (1 << 20) + 1):
+        path = tmp_path / f"f{size}"
+        path.write_bytes(data_of(size))
+        paths.append(os.fsencode(path))
+    for alg in ("sha256", "sha512"):
+        out = subprocess.run([tool, "digest", f"--hash-alg={alg}", *paths], check=True,
+                             capture_output=True, text=True).stdout.split()
+        results = c.digest_paths(paths, KERNEL_ALG_ID[alg], True)
+        for path, result, tool_digest in zip(paths, results, out[::2], strict=True):
+            assert not isinstance(result, int), path
+            assert f"{alg}:{result[0].hex()}" == tool_digest, path
+
+
+def test_digest_paths_results_and_errors(c: NativeModule, tmp_path: Path) -> None:
+    data = data_of(10_000)
+    (tmp_path / "f").write_bytes(data)
+    (tmp_path / "link").symlink_to("f")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    names = [b"f", b"missing", b"link", b"fifo", b"dir"]
+    paths = [os.fsencode(tmp_path) + b"/" + name for name in names]
+    nofollow = c.digest_paths(paths, 2, True)
+    st = os.stat(tmp_path / "f")
+    assert nofollow[0] == (reference_digest(data, "sha512"), 10_000, st.st_mode, st.st_dev,
+                           st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, True)
+    assert nofollow[1:] == [errno.ENOENT, errno.ELOOP, -1, -1]  # -1: not a regular file
+    follow = c.digest_paths([paths[2], paths[4]], 2, False)  # (a FIFO would block)
+    assert follow == [nofollow[0], errno.EISDIR]  # the link's target; a directory
+    # relative to a directory descriptor
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert c.digest_paths([b"f"], 2, True, dir_fd) == nofollow[:1]
+    finally:
+        os.close(dir_fd)
+    assert c.digest_paths([], 2, True) == []
+    with pytest.raises(ValueError, match="null byte"):
+        c.digest_paths([b"a\0b"], 2, True)
+    with pytest.raises(TypeError):
+        c.digest_paths(["f"], 2, True)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="algorithm"):
+        c.digest_paths([b"f"], 3, True)
+
+
+def make_tree(root: Path) -> None:
+    rng = random.Random(5)
+    for d in ("a", "a/b", "a/b/c", "d", "e e", "a/ü"):
+        (root / d).mkdir(parents=True)
+    for i in range(60):
+        folder = root / rng.choice(["a", "a/b", "a/b/c", "d", "e e", "a/ü", "."])
+        (folder / f"f{i}").write_bytes(rng.randbytes(rng.randrange(200)))
+    (root / "a/link").symlink_to("../d")
+    os.mkfifo(root / "d/fifo")
+    os.link(root / "d" / next(p.name for p in (root / "d").iterdir() if p.is_file()),
+            root / "hard")
+    os.utime(root / "a/b", ns=(0, -5 * 10**9 - 3))  # before 1970
+    os.utime(root / "d", ns=(0, 2**63 - 1))  # year 2262: the ns counter at its limit
+
+
+def python_fingerprint(path: str, salt: bytes, monkeypatch: pytest.MonkeyPatch
+                       ) -> hashcache.TreeFingerprint | None:
+    with monkeypatch.context() as m:
+        m.setattr(native, "module", None)
+        return hashcache.fingerprint_tree(path, hashcache.TreeFingerprint(salt))
+
+
+@pytest.mark.parametrize("suffix", ["", "/"])
+def test_fingerprint_equals_the_python_walk(c: NativeModule, tmp_path: Path, suffix: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    make_tree(tmp_path / "root")
+    path = str(tmp_path / "root") + suffix
+    want = python_fingerprint(path, b"salt", monkeypatch)
+    got = hashcache.fingerprint_tree(path, hashcache.TreeFingerprint(b"salt"))
+    assert want is not None and got is not None
+    assert got.digest() == want.digest()
+    assert got.newest_ctime_ns == want.newest_ctime_ns
+    # ... and to what a scan feeds it (the cache's whole-result key)
+    from cfsboot.tree.scan import ScanOptions, scan_directory
+    fed = hashcache.TreeFingerprint(b"salt")
+    scan_directory(path, ScanOptions(fingerprint=fed))
+    assert fed.digest() == got.digest()
+    assert hashcache.fingerprint_tree(path, hashcache.TreeFingerprint(b"other")).digest() != (
+        got.digest())
+    (tmp_path / "root/a/b/c/new").write_bytes(b"")
+    assert hashcache.fingerprint_tree(path, hashcache.TreeFingerprint(b"salt")).digest() != (
+        got.digest())
+
+
+def test_fingerprint_of_what_cannot_be_read_is_none(c: NativeModule, tmp_path: Path) -> None:
+    assert hashcache.fingerprint_tree(str(tmp_path / "nope"),
+                                      hashcache.TreeFingerprint(b"")) is None
+    (tmp_path / "link").symlink_to(tmp_path)
+    assert hashcache.fingerprint_tree(str(tmp_path / "link"),
+                                      hashcache.TreeFingerprint(b"")) is None
+    with pytest.raises(OSError):
+        c.fingerprint_tree(os.fsencode(tmp_path / "nope"), b"")
