@@ -145,3 +145,23 @@ def test_device_number_above_32_bits_truncated_like_c() -> None:
     parsed = parse_dumpfile(dump, flavor="c")
     assert mkfs_erofs(parsed, 0, c_compat=True) == c_mkcomposefs(["--from-file", "-", "-"],
                                                                  stdin=dump)
+
+
+
+def test_paths_longer_than_path_max_fail_in_c_but_not_here(tmp_path: Path) -> None:
+    """C mkcomposefs 1.0.8 fails on a tree deeper than PATH_MAX ("error computing
+    digest: File name too long"); composefs-rs, and so bootc, reads it with
+    openat, and so do we (test_scan.py checks what we read; the kernel mount of
+    the image is checked in test_mkcomposefs_mount.py)."""
+    need_oracle()
+    from test_scan import make_deep
+    work = Path(tempfile.mkdtemp(dir=ORACLE / "tmp"))
+    try:
+        (work / "src").mkdir()
+        make_deep(work / "src")
+        inside = "/" + str(work.relative_to(ORACLE))
+        with pytest.raises(AssertionError, match="File name too long"):
+            c_mkcomposefs([f"{inside}/src", f"{inside}/c.cfs"])
+        assert cfsboot_main(["mkcomposefs", str(work / "src"), str(work / "our.cfs")]) == 0
+    finally:
+        subprocess.run(["rm", "-rf", str(work)], check=False)

@@ -81,3 +81,33 @@ def test_digest_store_overlay_reads_back(tmp_path: Path) -> None:
                     assert os.listxattr(b) == os.listxattr(a)
                 seen.append(str(rel / name))
         assert len(seen) == 11  # 4 directories, 7 leaves
+
+
+def test_tree_deeper_than_path_max_mounts_and_reads_back(tmp_path: Path) -> None:
+    """A source deeper than PATH_MAX (C mkcomposefs fails on it): the kernel
+    reads the image, walked one component at a time, as the source was."""
+    need_root()
+    from test_scan import make_deep
+    src, store = tmp_path / "src", tmp_path / "store"
+    src.mkdir()
+    make_deep(src)
+    image = tmp_path / "img.cfs"
+    assert main(["mkcomposefs", f"--digest-store={store}", str(src), str(image)]) == 0
+    with mounted(image, store, tmp_path) as merged:
+        fd = os.open(merged, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for _ in range(20):
+                fd, parent = os.open(b"d" * 249, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+                os.close(parent)
+            assert sorted(os.listdir(fd)) == ["big", "link", "small", "sub"]
+            for name, want in (("big", b"B" * 100_000), ("small", b"tiny")):
+                file_fd = os.open(name, os.O_RDONLY, dir_fd=fd)
+                try:
+                    assert os.read(file_fd, 200_000) == want
+                    if name == "small":
+                        assert os.getxattr(file_fd, "user.deep") == b"yes"
+                finally:
+                    os.close(file_fd)
+            assert os.readlink("link", dir_fd=fd) == "small"
+        finally:
+            os.close(fd)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import need_tool
 from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import strategies as hs
 from test_fsverity import reference_digest
 
 from cfsboot import native
@@ -68,7 +68,7 @@ def test_sha256_three_level_tree(c: NativeModule) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 600_000), st.sampled_from(["sha256", "sha512"]))
+@given(hs.integers(0, 600_000), hs.sampled_from(["sha256", "sha512"]))
 def test_random_sizes(size: int, alg: str) -> None:
     if native.module is None:
         pytest.skip("cfsboot._native not built")
@@ -174,3 +174,78 @@ def test_fingerprint_of_what_cannot_be_read_is_none(c: NativeModule, tmp_path: P
                                       hashcache.TreeFingerprint(b"")) is None
     with pytest.raises(OSError):
         c.fingerprint_tree(os.fsencode(tmp_path / "nope"), b"")
+
+
+def python_listing(path: bytes, inline_max: int) -> list[tuple[object, ...]]:
+    """What the pure-Python scanner reads for each entry (independently written)."""
+    out = []
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        st = os.lstat(full)
+        xattrs = {os.fsencode(k): os.getxattr(full, k, follow_symlinks=False)
+                  for k in os.listxattr(full, follow_symlinks=False)}
+        data = None
+        if os.path.islink(full):
+            data = os.readlink(full)
+        elif os.path.isfile(full) and st.st_size <= inline_max:
+            with open(full, "rb") as f:
+                data = f.read()
+        fields = (st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid,
+                  st.st_size, st.st_rdev, st.st_mtime_ns, st.st_ctime_ns)
+        out.append((name, full, fields, xattrs, data))
+    return out
+
+
+def c_listing(c: NativeModule, path: bytes, inline_max: int) -> list[tuple[object, ...]]:
+    out = []
+    for name, full, st, xattrs, data in c.list_directory(path, inline_max):
+        assert st is not None
+        fields = (st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid,
+                  st.st_size, st.st_rdev, st.st_mtime_ns, st.st_ctime_ns)
+        out.append((name, full, fields, xattrs, data))
+    return out
+
+
+def test_list_directory_equals_what_python_reads(c: NativeModule, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    make_tree(root)
+    for path in (root / "a/f1", root / "d"):
+        if path.exists():
+            os.setxattr(path, "user.test", b"v" * 3000)  # more than the C side's first buffer
+            os.setxattr(path, "user.empty", b"")
+    (root / "sixty-four").write_bytes(b"x" * 64)
+    (root / "sixty-five").write_bytes(b"x" * 65)
+    (root / "long-link").symlink_to("t" * 4000)
+    if os.geteuid() == 0:
+        os.setxattr(root / "long-link", "trusted.x", b"on a symlink", follow_symlinks=False)
+        os.mknod(root / "null", 0o20644, os.makedev(1, 3))
+    for folder, _dirs, _files in os.walk(os.fsencode(root)):
+        for suffix in (b"", b"/"):
+            want = sorted(python_listing(folder + suffix, 64), key=lambda e: e[0])  # type: ignore
+            got = sorted(c_listing(c, folder + suffix, 64), key=lambda e: e[0])  # type: ignore
+            assert got == want, folder
+    with pytest.raises(OSError) as info:
+        c.list_directory(os.fsencode(root / "sixty-four"), 64)
+    assert info.value.errno == errno.ENOTDIR
+    (root / "dirlink").symlink_to("a")
+    with pytest.raises(OSError):  # never followed
+        c.list_directory(os.fsencode(root / "dirlink"), 64)
+
+
+def test_list_directory_past_path_max(c: NativeModule, tmp_path: Path) -> None:
+    """A directory whose path is longer than PATH_MAX cannot be opened by path:
+    an OSError, which sends the scan to its Python listing (and its message)."""
+    deep = os.fsencode(tmp_path)
+    fd = os.open(deep, os.O_RDONLY)
+    try:
+        for _ in range(20):  # 20 x 250 bytes, each step relative to a descriptor
+            os.mkdir(b"d" * 249, dir_fd=fd)
+            new = os.open(b"d" * 249, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = new
+            deep += b"/" + b"d" * 249
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as info:
+        c.list_directory(deep, 64)
+    assert info.value.errno == errno.ENAMETOOLONG

@@ -13,12 +13,16 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import need_root, need_tool
 
+from cfsboot import native
 from cfsboot.fsverity import files as fsverity_files
+from cfsboot.fsverity.digest import whole_digest
 from cfsboot.tree import scan as scan_mod
+from cfsboot.tree.digest_store import FlatDigestStore
 from cfsboot.tree.model import (
     BlockDevice,
     CharDevice,
@@ -249,6 +253,7 @@ def test_unreadable_file_is_one_clear_error(tmp_path: Path) -> None:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(os, "open", fake_open)  # what scan.py calls
+        mp.setattr(native, "module", None)  # (the C code cannot be mocked: see the next test)
         with pytest.raises(ScanError) as info:
             scan_directory(str(tmp_path), ScanOptions(threads=2))
     message = str(info.value)
@@ -279,7 +284,9 @@ def test_unreadable_as_unprivileged_user(tmp_path: Path) -> None:
             proc = subprocess.run(
                 [tool, "--reuid=65534", "--regid=65534", "--clear-groups",
                  sys.executable, "-c", code, str(target)],
-                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src},
+                capture_output=True, text=True,
+                env={**os.environ, "PYTHONPATH": src,
+                     "CFSBOOT_NATIVE": "0" if native.module is None else "1"},
                 check=False)
             assert proc.returncode == 1, proc.stderr
             assert proc.stdout.startswith(expect), proc.stdout
@@ -350,9 +357,9 @@ def test_file_replaced_after_listing_is_detected(tmp_path: Path) -> None:
 
     for threads in (1, 2):
         for replace in (to_symlink, to_new_inode):
-            def entries_then_replace(dir_path: bytes, replace: Callable[[bytes], None] = replace
-                                     ) -> list[tuple[bytes, bytes, os.stat_result]]:
-                listed = real_entries(dir_path)
+            def entries_then_replace(dir_path: bytes, inline_max: int,
+                                     replace: Callable[[bytes], None] = replace) -> Any:
+                listed = real_entries(dir_path, inline_max)
                 replace(os.path.join(dir_path, b"f07"))  # after lstat, before hashing
                 return listed
 
@@ -459,14 +466,66 @@ def test_walk_error_while_hashing_stops_the_workers(tmp_path: Path) -> None:
     real_entries = scan_mod._entries
     calls = []
 
-    def failing_later(dir_path: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
+    def failing_later(dir_path: bytes, inline_max: int) -> Any:
         calls.append(dir_path)
         if len(calls) == 4:
             raise ScanError(f"cannot read directory {os.fsdecode(dir_path)}: Input/output error")
-        return real_entries(dir_path)
+        return real_entries(dir_path, inline_max)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(scan_mod, "_entries", failing_later)
         with pytest.raises(ScanError, match="Input/output error"):
             scan_directory(str(tmp_path), ScanOptions(threads=2))
     assert_no_children()
+
+
+def make_deep(top: Path, levels: int = 20) -> bytes:
+    """A directory chain of ``levels`` x 250 bytes under ``top`` (past PATH_MAX
+    from 17 levels on), built relative to descriptors; its deepest directory
+    holds a big file, a small file with an xattr, a symlink and a subdirectory."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    path = os.fsencode(top)
+    try:
+        for _ in range(levels):
+            os.mkdir(b"d" * 249, dir_fd=fd)
+            fd, parent = os.open(b"d" * 249, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+            os.close(parent)
+            path += b"/" + b"d" * 249
+        for name, data in ((b"big", b"B" * 100_000), (b"small", b"tiny")):
+            out = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(out, data)
+            if name == b"small":
+                os.setxattr(out, "user.deep", b"yes")
+            os.close(out)
+        os.symlink(b"small", b"link", dir_fd=fd)
+        os.mkdir(b"sub", dir_fd=fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+@pytest.mark.parametrize("with_sink", [False, True])
+def test_paths_longer_than_path_max(tmp_path: Path, with_sink: bool) -> None:
+    """composefs-rs walks with openat and so reads any depth; so do we."""
+    (tmp_path / "root").mkdir()
+    deep = make_deep(tmp_path / "root")
+    (tmp_path / "root/shallow").write_bytes(b"s" * 1000)
+    assert len(deep) > 4096
+    sink = FlatDigestStore(str(tmp_path / "store")) if with_sink else None
+    result = scan_directory(str(tmp_path / "root"), ScanOptions(threads=2, sink=sink))
+    node: Directory = result.root
+    for _ in range(20):
+        child = node.entries[b"d" * 249]
+        assert isinstance(child, Directory)
+        node = child
+    big, small, link = (node.entries[n] for n in (b"big", b"small", b"link"))
+    assert isinstance(big, Leaf) and isinstance(big.content, External)
+    assert big.content.digest == whole_digest(b"B" * 100_000)
+    assert isinstance(small, Leaf) and small.content == Inline(b"tiny")
+    assert small.stat.xattrs == {b"user.deep": b"yes"}
+    assert isinstance(link, Leaf) and link.content == Symlink(b"small")
+    assert isinstance(node.entries[b"sub"], Directory)
+    assert result.counts.external_files == 2 and result.counts.bytes_hashed == 101_000
+    if with_sink:
+        stored = tmp_path / "store" / os.fsdecode(big.content.path)
+        assert stored.read_bytes() == b"B" * 100_000

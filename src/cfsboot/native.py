@@ -9,7 +9,40 @@ extension exists, to compare or to rule it out.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Protocol
+
+
+class StatLike(Protocol):
+    """The lstat fields a tree scan uses: an ``os.stat_result``, or the C
+    lister's lighter ``Stat`` with the same names."""
+
+    @property
+    def st_mode(self) -> int: ...
+    @property
+    def st_ino(self) -> int: ...
+    @property
+    def st_dev(self) -> int: ...
+    @property
+    def st_nlink(self) -> int: ...
+    @property
+    def st_uid(self) -> int: ...
+    @property
+    def st_gid(self) -> int: ...
+    @property
+    def st_size(self) -> int: ...
+    @property
+    def st_rdev(self) -> int: ...
+    @property
+    def st_mtime_ns(self) -> int: ...
+    @property
+    def st_ctime_ns(self) -> int: ...
+
+
+# One directory entry from list_directory: name, full path, lstat, xattrs,
+# and the symlink target or the bytes of a small regular file.  For an entry
+# the C code could not read, the last three are None (the caller redoes it).
+ListedEntry = tuple[bytes, bytes, StatLike | None, dict[bytes, bytes] | None, bytes | None]
 
 
 class NativeModule(Protocol):
@@ -23,6 +56,8 @@ class NativeModule(Protocol):
                      /) -> list[tuple[bytes, int, int, int, int, int, int, int, bool] | int]: ...
 
     def fingerprint_tree(self, root: bytes, salt: bytes, /) -> tuple[bytes, int, int]: ...
+
+    def list_directory(self, path: bytes, inline_max: int, /) -> Sequence[ListedEntry]: ...
 
 
 def _load() -> NativeModule | None:

@@ -32,11 +32,13 @@ import stat
 import struct
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from cfsboot import native
 from cfsboot.atomic import atomic_write_bytes
 from cfsboot.errors import CfsError
+from cfsboot.native import StatLike
 
 CacheKey = tuple[int, int, int, int, int]
 
@@ -54,7 +56,7 @@ class HashCacheError(CfsError):
     """The cache directory cannot be used."""
 
 
-def cache_key(st: os.stat_result) -> CacheKey:
+def cache_key(st: StatLike) -> CacheKey:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -125,7 +127,7 @@ class HashCache:
             key = _RECORD.unpack_from(body, off)
             self._old[key] = bytes(body[off + _RECORD.size:off + size])
 
-    def lookup(self, st: os.stat_result) -> bytes | None:
+    def lookup(self, st: StatLike) -> bytes | None:
         if not self._loaded:
             with self._lock:
                 if not self._loaded:
@@ -140,7 +142,7 @@ class HashCache:
                 self._used[key] = digest
         return digest
 
-    def record(self, st: os.stat_result, digest: bytes) -> None:
+    def record(self, st: StatLike, digest: bytes) -> None:
         if st.st_ctime_ns > self._started_ns - RACY_WINDOW_NS:
             return  # possibly racily clean: do not vouch for it next time
         with self._lock:
@@ -218,7 +220,7 @@ class TreeFingerprint:
     def salt(self) -> bytes:
         return self._parts[0]
 
-    def entry(self, name: bytes, st: os.stat_result) -> None:
+    def entry(self, name: bytes, st: StatLike) -> None:
         self._parts.append(_FP_ENTRY.pack(
             len(name), st.st_mode, st.st_dev, st.st_ino, st.st_nlink, st.st_uid, st.st_gid,
             st.st_rdev, st.st_size, st.st_mtime_ns & _U64, st.st_ctime_ns & _U64))
@@ -226,11 +228,13 @@ class TreeFingerprint:
         if st.st_ctime_ns > self.newest_ctime_ns:
             self.newest_ctime_ns = st.st_ctime_ns
 
-    def directory(self, path: bytes, entries: list[tuple[bytes, bytes, os.stat_result]]) -> None:
-        """A directory's listing: (name, path, lstat) per entry, in walk order."""
+    def directory(self, path: bytes, entries: Sequence[tuple[bytes, bytes, StatLike | None,
+                                                              object, object]]) -> None:
+        """A directory's listing: (name, path, lstat, ...) per entry, in walk order."""
         self._parts.append(_FP_DIR.pack(0xFFFFFFFF, len(path)))
         self._parts.append(path)
-        for name, _full, st in entries:
+        for name, _full, st, _, _ in entries:
+            assert st is not None  # the scan redid every entry the C lister could not read
             self.entry(name, st)
 
     def digest(self) -> bytes:
@@ -273,13 +277,13 @@ def fingerprint_tree(path: str, fingerprint: TreeFingerprint) -> TreeFingerprint
                 with os.scandir(fd) as it:  # names come back as str for an fd
                     names = [e.name for e in it]
                 entries = [(os.fsencode(name), b"",
-                            os.stat(name, dir_fd=fd, follow_symlinks=False))
+                            os.stat(name, dir_fd=fd, follow_symlinks=False), None, None)
                            for name in names]
             finally:
                 os.close(fd)
             fingerprint.directory(dir_path, entries)
             base = dir_path if dir_path.endswith(b"/") else dir_path + b"/"  # as scandir
-            stack.extend(base + name for name, _, st in entries if stat.S_ISDIR(st.st_mode))
+            stack.extend(base + name for name, _, st, _, _ in entries if stat.S_ISDIR(st.st_mode))
     except OSError:
         return None
     return fingerprint

@@ -31,13 +31,15 @@ import heapq
 import os
 import stat as st_
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cfsboot import native
 from cfsboot.errors import CfsError
 from cfsboot.fsverity import digest_fd
 from cfsboot.fsverity.files import NOT_REGULAR, FileDigest, digest_files_detailed
+from cfsboot.native import ListedEntry, StatLike
 from cfsboot.tree.counts import ScanCounts
 from cfsboot.tree.digest_store import ObjectSink
 from cfsboot.tree.hashcache import HashCache, TreeFingerprint, cache_key
@@ -64,6 +66,8 @@ _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Files larger than this are hashed after the walk, largest first (see above).
 _DEFER_BYTES = 1 << 20
+# Paths this long go through directory descriptors (PATH_MAX is 4096 with the NUL).
+_LONG_PATH = 4000
 
 
 class ScanError(CfsError):
@@ -154,7 +158,7 @@ class _Job:
     """
     leaves: list[Leaf]
     path: bytes
-    st: os.stat_result
+    st: StatLike
     content: External | None = None  # set once hashed (under _Scanner._lock)
 
     def __fspath__(self) -> bytes:  # so the job itself goes to the hashing workers
@@ -235,7 +239,7 @@ class _Scanner:
 
     # ---- metadata walk (one thread) ----------------------------------------
 
-    def walk(self, root: Directory, root_st: os.stat_result) -> Iterator[list[_Job]]:
+    def walk(self, root: Directory, root_st: StatLike) -> Iterator[list[_Job]]:
         """Fill ``root``; yield, directory by directory, the files to hash."""
         # The hot loop of a scan (10⁵ entries): locals, no helper calls for
         # the common cases.
@@ -254,14 +258,16 @@ class _Scanner:
         while stack:
             directory, dir_path = stack.pop()
             children = directory.entries
-            entries = _entries(dir_path)
+            entries = (_entries(dir_path, inline_max) if len(dir_path) < _LONG_PATH
+                       else self.entries_beyond_path_max(dir_path, inline_max))
             if fingerprint is not None:
                 fingerprint.directory(dir_path, entries)
             batch: list[_Job] = []
-            for name, full, st in entries:
+            for name, full, st, xattrs, data in entries:
+                assert st is not None  # _entries redid what the C lister could not read
                 fmt = st.st_mode & _S_IFMT
                 if fmt == _S_IFDIR:
-                    child = Directory(_stat(full, st))
+                    child = Directory(_stat(full, st, xattrs))
                     children[name] = child
                     stack.append((child, full))
                     counts.directories += 1
@@ -274,7 +280,7 @@ class _Scanner:
                         counts.hardlinks += 1
                         continue
                 if fmt == _S_IFREG and st.st_size > inline_max:
-                    leaf = Leaf(_stat(full, st), _UNHASHED)
+                    leaf = Leaf(_stat(full, st, xattrs), _UNHASHED)
                     counts.regular_files += 1
                     counts.external_files += 1
                     counts.bytes_external += st.st_size
@@ -285,23 +291,32 @@ class _Scanner:
                         job = _Job([leaf], full, st)
                         if not track:
                             jobs[(st.st_dev, st.st_ino)] = job
-                        if not (use_cache and self._from_cache(job)):
+                        if use_cache and self._from_cache(job):
+                            pass
+                        elif len(full) >= _LONG_PATH:
+                            self.progress.add_total(st.st_size)
+                            self.hash_job(job)  # rare: workers open by path, which fails
+                            self.progress.advance(st.st_size)
+                        else:
                             batch.append(job)
                 else:
-                    leaf = Leaf(_stat(full, st), self._content(full, st, fmt))
+                    leaf = Leaf(_stat(full, st, xattrs), self._content(full, st, fmt, data))
                 if track:
                     seen[ident] = leaf
                 children[name] = leaf
             yield batch
 
-    def _content(self, path: bytes, st: os.stat_result, fmt: int) -> LeafContent:
+    def _content(self, path: bytes, st: StatLike, fmt: int, data: bytes | None) -> LeafContent:
+        """``data``: the bytes or link target the C lister already read, or None."""
         counts = self.counts
         if fmt == st_.S_IFREG:
             counts.regular_files += 1
             counts.inline_files += 1
-            return Inline(_read_small(path, st.st_size))
+            return Inline(data if data is not None else _read_small(path, st.st_size))
         if fmt == st_.S_IFLNK:
             counts.symlinks += 1
+            if data is not None:
+                return Symlink(data)
             try:
                 return Symlink(os.readlink(path))
             except OSError as e:
@@ -319,6 +334,62 @@ class _Scanner:
             counts.sockets += 1
             return Socket()
         raise ScanError(f"{_shown(path)}: unsupported file type {oct(fmt)}")
+
+    # ---- paths longer than PATH_MAX ----------------------------------------
+    # The kernel refuses such paths, so they are reached from the scan root
+    # one component at a time (as composefs-rs does with openat) and their
+    # entries are read through the directory's descriptor.
+
+    def open(self, path: bytes, flags: int) -> int:
+        """``os.open(path, flags)``, also for a path below the root longer than PATH_MAX."""
+        if len(path) < _LONG_PATH:
+            return os.open(path, flags)
+        fd = os.open(self.root_path, _OPEN_DIR)
+        try:
+            *parents, last = path[len(self.root_path):].split(b"/")
+            for part in parents:
+                if part:
+                    parent, fd = fd, os.open(part, _OPEN_DIR, dir_fd=fd)
+                    os.close(parent)
+            return os.open(last, flags, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def entries_beyond_path_max(self, dir_path: bytes, inline_max: int) -> list[ListedEntry]:
+        """``_entries`` for a directory whose path is too long for the kernel:
+        everything is read relative to its descriptor (xattrs, which have no
+        ``*at`` call, through ``/proc/self/fd``)."""
+        try:
+            fd = self.open(dir_path, _OPEN_DIR)
+        except OSError as e:
+            raise ScanError(f"cannot read directory {_shown(dir_path)}: {e.strerror}") from e
+        try:
+            try:
+                names = [os.fsencode(name) for name in os.listdir(fd)]
+            except OSError as e:
+                raise ScanError(f"cannot read directory {_shown(dir_path)}: {e.strerror}") from e
+            via_fd = f"/proc/self/fd/{fd}/".encode()
+            out: list[ListedEntry] = []
+            for name in names:
+                full = dir_path + b"/" + name
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError as e:
+                    raise ScanError(f"cannot stat {_shown(full)}: {e.strerror}") from e
+                data = None
+                try:
+                    if st_.S_ISLNK(st.st_mode):
+                        data = os.readlink(name, dir_fd=fd)
+                    elif st_.S_ISREG(st.st_mode) and st.st_size <= inline_max:
+                        data = _read_small_at(fd, name, st.st_size)
+                except OSError as e:
+                    raise ScanError(f"cannot read {_shown(full)}: {e.strerror}") from e
+                if data is not None and st_.S_ISREG(st.st_mode) and len(data) != st.st_size:
+                    raise ScanError(f"{_shown(full)} changed size while scanning")
+                out.append((name, full, st, _xattrs(via_fd + name, shown=full), data))
+            return out
+        finally:
+            os.close(fd)
 
     # ---- hashing (pool threads) -------------------------------------------
 
@@ -345,7 +416,7 @@ class _Scanner:
         opts = self.options
         cache, sink = opts.cache, opts.sink
         try:
-            fd = os.open(job.path, _OPEN_FILE)
+            fd = self.open(job.path, _OPEN_FILE)
         except OSError as e:
             raise ScanError(f"cannot read {_shown(job.path)}: {e.strerror}") from e
         try:
@@ -483,25 +554,53 @@ def _read_error(e: OSError) -> ScanError:
     return ScanError(f"cannot read {path}: {e.strerror}")
 
 
-def _entries(dir_path: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
-    """(name, path, lstat) of every entry, in directory order."""
+def _entries(dir_path: bytes, inline_max: int) -> Sequence[ListedEntry]:
+    """(name, path, lstat, xattrs, data) of every entry, in directory order.
+
+    With the C accelerator, one call lists the directory, stats every entry,
+    reads its xattrs and, for a symlink or a regular file of at most
+    ``inline_max`` bytes, its target or bytes.  Without it (or for anything
+    it could not read, which is then redone here so errors say what Python
+    says) xattrs and data are None, and the walk reads them itself.
+    """
+    lister = native.module
+    if lister is not None:
+        try:
+            listed = lister.list_directory(dir_path, inline_max)
+        except OSError:
+            pass  # listed again below, for the error message
+        else:
+            if all(entry[2] is not None for entry in listed):
+                return listed
+            return [entry if entry[2] is not None else (entry[0], entry[1], _lstat(entry[1]),
+                                                          None, None) for entry in listed]
     try:
         with os.scandir(dir_path) as it:
-            entries = [(e.name, e.path) for e in it]
+            names = [(e.name, e.path) for e in it]
     except OSError as e:
         raise ScanError(f"cannot read directory {_shown(dir_path)}: {e.strerror}") from e
-    out = []
-    for name, full in entries:
-        try:
-            out.append((name, full, os.lstat(full)))
-        except OSError as e:
-            raise ScanError(f"cannot stat {_shown(full)}: {e.strerror}") from e
-    return out
+    return [(name, full, _lstat(full), None, None) for name, full in names]
 
 
-def _stat(path: bytes, st: os.stat_result) -> Stat:
+def _lstat(path: bytes) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except OSError as e:
+        raise ScanError(f"cannot stat {_shown(path)}: {e.strerror}") from e
+
+
+def _stat(path: bytes, st: StatLike, xattrs: dict[bytes, bytes] | None = None) -> Stat:
     sec, nsec = divmod(st.st_mtime_ns, 10**9)
-    return Stat(st.st_mode & 0o7777, st.st_uid, st.st_gid, sec, nsec, _xattrs(path))
+    return Stat(st.st_mode & 0o7777, st.st_uid, st.st_gid, sec, nsec,
+                xattrs if xattrs is not None else _xattrs(path))
+
+
+def _read_small_at(dir_fd: int, name: bytes, size: int) -> bytes:
+    fd = os.open(name, _OPEN_FILE, dir_fd=dir_fd)
+    try:
+        return os.read(fd, size + 1)  # one more byte shows growth
+    finally:
+        os.close(fd)
 
 
 def _read_small(path: bytes, size: int) -> bytes:
@@ -520,13 +619,15 @@ def _read_small(path: bytes, size: int) -> bytes:
     return data
 
 
-def _xattrs(path: bytes) -> dict[bytes, bytes]:
+def _xattrs(path: bytes, shown: bytes | None = None) -> dict[bytes, bytes]:
+    """The xattrs of ``path`` itself (not followed); ``shown`` names it in errors
+    when ``path`` is only a way to reach it (through ``/proc/self/fd``)."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as e:
         if e.errno in _NO_XATTRS:
             return {}
-        raise ScanError(f"cannot list xattrs of {_shown(path)}: {e.strerror}") from e
+        raise ScanError(f"cannot list xattrs of {_shown(shown or path)}: {e.strerror}") from e
     if not names:
         return {}
     out: dict[bytes, bytes] = {}
@@ -535,7 +636,7 @@ def _xattrs(path: bytes) -> dict[bytes, bytes]:
             out[os.fsencode(name)] = os.getxattr(path, name, follow_symlinks=False)
         except OSError as e:
             raise ScanError(
-                f"cannot read xattr {name} of {_shown(path)}: {e.strerror}") from e
+                f"cannot read xattr {name} of {_shown(shown or path)}: {e.strerror}") from e
     return out
 
 
