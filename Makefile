@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 .PHONY: setup deps oracle example test lint bench clean
 
 # (_native.c: the optional C accelerator is compiled by the editable install)
-$(VENV)/.installed: pyproject.toml src/cfsboot/_native.c
+$(VENV)/.installed: pyproject.toml $(wildcard src/cfsboot/*.c src/cfsboot/*.h)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

@@ -8,6 +8,7 @@ import errno
 import os
 import random
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,23 @@ from cfsboot.native import NativeModule
 from cfsboot.tree import hashcache
 
 
-@pytest.fixture
-def c() -> NativeModule:
+@pytest.fixture(params=["x8", "one-block"])
+def c(request: pytest.FixtureRequest) -> Iterator[NativeModule]:
+    """The C module, hashing SHA-512 eight blocks at a time (AVX-512) or one by one."""
     if native.module is None:
         if os.environ.get("CI"):
             pytest.fail("cfsboot._native was not built (make setup builds it; needs libssl-dev)")
         pytest.skip("cfsboot._native not built (needs gcc and libssl-dev at install time)")
-    return native.module
+    from cfsboot import _native
+    was = _native.x8()
+    if request.param == "x8" and not _native.x8(True):
+        pytest.skip("this CPU has no AVX-512: SHA-512 is hashed one block at a time")
+    if request.param == "one-block":
+        _native.x8(False)
+    try:
+        yield native.module
+    finally:
+        _native.x8(was)
 
 
 BLOCK = 4096
@@ -68,12 +79,19 @@ def test_sha256_three_level_tree(c: NativeModule) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(hs.integers(0, 600_000), hs.sampled_from(["sha256", "sha512"]))
-def test_random_sizes(size: int, alg: str) -> None:
+@given(hs.integers(0, 600_000), hs.sampled_from(["sha256", "sha512"]), hs.booleans())
+def test_random_sizes(size: int, alg: str, x8: bool) -> None:
     if native.module is None:
         pytest.skip("cfsboot._native not built")
-    data = data_of(size)
-    assert native.module.digest_buffer(data, KERNEL_ALG_ID[alg]) == reference_digest(data, alg)
+    from cfsboot import _native
+    was = _native.x8()
+    _native.x8(x8)
+    try:
+        data = data_of(size)
+        assert native.module.digest_buffer(data, KERNEL_ALG_ID[alg]) == reference_digest(
+            data, alg)
+    finally:
+        _native.x8(was)
 
 
 def test_digests_equal_fsverity_utils(c: NativeModule, tmp_path: Path) -> None:

@@ -31,6 +31,8 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
+#include "_sha512x8.h"
+
 #define BLOCK 4096
 #define READ_SIZE (1 << 20)
 /* 4096-byte blocks of >= 32-byte hashes: 64 levels would hold 2^(12+7*63) bytes. */
@@ -87,19 +89,40 @@ static int merkle_push(merkle *m, int k, const unsigned char *hash)
     return 0;
 }
 
+/* Whether to hash SHA-512 blocks eight at a time (_sha512x8.c): set at import
+ * from the CPU's features; tests switch it off to check the other path. */
+static int use_x8;
+
+/* Hash `count` consecutive blocks into level 0. */
+static int merkle_blocks(merkle *m, const unsigned char *data, size_t count)
+{
+    unsigned char hashes[8 * 64];
+    size_t i = 0;
+    if (m->alg == ALG_SHA512 && use_x8) {
+        for (; i + 8 <= count; i += 8) {
+            sha512x8_4k(data + i * BLOCK, hashes);
+            for (int lane = 0; lane < 8; lane++)
+                if (merkle_push(m, 0, hashes + 64 * lane) < 0)
+                    return -1;
+        }
+    }
+    for (; i < count; i++) {
+        hash_block(m->alg, data + i * BLOCK, hashes);
+        if (merkle_push(m, 0, hashes) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* Feed n bytes; n is a multiple of BLOCK except for the file's last chunk,
- * whose tail must be followed by zeroed room up to the next block boundary. */
+ * whose tail must be followed by room up to the next block boundary (zeroed here). */
 static int merkle_feed(merkle *m, unsigned char *data, size_t n)
 {
-    unsigned char hash[64];
     size_t rest = n % BLOCK;
     if (rest)
         memset(data + n, 0, BLOCK - rest);
-    for (size_t at = 0; at < n; at += BLOCK) {
-        hash_block(m->alg, data + at, hash);
-        if (merkle_push(m, 0, hash) < 0)
-            return -1;
-    }
+    if (merkle_blocks(m, data, (n + BLOCK - 1) / BLOCK) < 0)
+        return -1;
     m->size += n;
     return 0;
 }
@@ -230,10 +253,7 @@ static PyObject *py_digest_buffer(PyObject *self, PyObject *args)
     size_t len = (size_t)view.len, whole = len - len % BLOCK;
     unsigned char hash[64], tail[BLOCK];
     merkle_init(m, alg);
-    for (size_t at = 0; at < whole && !failed; at += BLOCK) {
-        hash_block(alg, data + at, hash);
-        failed = merkle_push(m, 0, hash) < 0;
-    }
+    failed = merkle_blocks(m, data, whole / BLOCK) < 0;
     if (whole < len && !failed) {
         memset(tail, 0, BLOCK);
         memcpy(tail, data + whole, len - whole);
@@ -938,7 +958,25 @@ done:
     return out;
 }
 
+/* x8(enabled: bool | None = None) -> bool: whether SHA-512 blocks are hashed
+ * eight at a time; with an argument, first switch it (on only where the CPU can). */
+static PyObject *py_x8(PyObject *self, PyObject *args)
+{
+    PyObject *enable = Py_None;
+    if (!PyArg_ParseTuple(args, "|O:x8", &enable))
+        return NULL;
+    if (enable != Py_None) {
+        int on = PyObject_IsTrue(enable);
+        if (on < 0)
+            return NULL;
+        use_x8 = on && sha512x8_available();
+    }
+    return PyBool_FromLong(use_x8);
+}
+
 static PyMethodDef methods[] = {
+    {"x8", py_x8, METH_VARARGS,
+     "x8(enabled=None) -> bool: SHA-512 eight blocks at a time (AVX-512); switch it."},
     {"digest_fd", py_digest_fd, METH_VARARGS,
      "digest_fd(fd, alg) -> (fs-verity digest, bytes read): fd from its position to EOF."},
     {"digest_buffer", py_digest_buffer, METH_VARARGS,
@@ -963,6 +1001,7 @@ PyMODINIT_FUNC PyInit__native(void)
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
+    use_x8 = sha512x8_available();
     if (!StatType && !(StatType = PyStructSequence_NewType(&stat_desc))) {
         Py_DECREF(m);
         return NULL;
