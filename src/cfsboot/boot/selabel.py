@@ -198,7 +198,7 @@ class _PrefixIndex:
             for i in sorted(indices):
                 regex = self._rules[i].regex
                 if regex.final_byte is None or regex.final_byte == type_byte:
-                    found.append((regex.regex.search if regex.pcre else regex.regex.match, i))
+                    found.append((regex.match_function, i))
             self._cache[(deepest, type_byte)] = found
         return found
 

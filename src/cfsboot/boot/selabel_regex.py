@@ -50,8 +50,10 @@ regex-automata 0.4.16's hybrid DFA with composefs-rs's exact configuration
 (a fuzzer over class/flag/anchor/escape constructs, and Debian refpolicy's
 5497 rules on 40k host paths, all identical; see
 tests/test_selabel_rust_table.py), the PCRE2 side against ``pcre2test``.
-Python's backtracking engine can be slow on pathological nested
-repetitions, which real policies do not use.
+Python's backtracking engine can take exponential time on nested or
+ambiguous repetitions (``(a+)+b``), and the policy comes from the image:
+``selabel_regex_nfa.choose_engine`` gives a pattern whose backtracking cost
+is not proven small to that module's linear-time automaton (same answers).
 
 Matching mirrors upstream: a Rust-dialect pattern is an *anchored* search
 (``re.match``, the lazy DFA is run with ``Anchored::Yes``), a PCRE2 one an
@@ -65,7 +67,7 @@ variable-width look-behind), raise ``RegexDialectError``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cfsboot.boot.selabel_regex_ast import (
     END_TEXT,
@@ -79,6 +81,7 @@ from cfsboot.boot.selabel_regex_ast import (
     emit,
     literal_prefix,
 )
+from cfsboot.boot.selabel_regex_nfa import MatchFn, choose_engine
 from cfsboot.boot.selabel_regex_parse import parse
 
 __all__ = ["RegexDialectError", "SelinuxRegex", "compile_selinux_regex", "literal_prefix",
@@ -93,11 +96,21 @@ class SelinuxRegex:
     pcre: bool            # compiled by the PCRE2 fallback in composefs-rs
     prefix: bytes         # every matching key starts with this
     final_byte: int | None  # every matching key ends with this byte (the type)
+    # which engine matches (selabel_regex_nfa.choose_engine): "re", "re+linear",
+    # "linear" or "re-unproven"; ``matcher`` is set unless it is plain re
+    engine: str = "re"
+    matcher: MatchFn | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def match_function(self) -> MatchFn:
+        """``key -> truthy if it matches``: ``re`` (an anchored match, or a
+        search for PCRE2) unless the pattern needs the linear engine."""
+        if self.matcher is not None:
+            return self.matcher
+        return self.regex.search if self.pcre else self.regex.match
 
     def matches(self, key: bytes) -> bool:
-        if self.pcre:
-            return self.regex.search(key) is not None
-        return self.regex.match(key) is not None
+        return bool(self.match_function(key))
 
 
 def translate(pattern: str) -> tuple[Node, bool]:
@@ -138,4 +151,7 @@ def compile_selinux_regex(pattern: str) -> SelinuxRegex:
         if (isinstance(last, Raw) and last.text in (END_TEXT, PCRE_DOLLAR)
                 and isinstance(before, Lit) and len(before.data) == 1):
             final_byte = before.data[0]
-    return SelinuxRegex(pattern, compiled, pcre, prefix, final_byte)
+    backtracking = compiled.search if pcre else compiled.match
+    engine, match = choose_engine(node, pcre, backtracking, text)
+    return SelinuxRegex(pattern, compiled, pcre, prefix, final_byte, engine,
+                        None if match is backtracking else match)
