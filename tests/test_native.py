@@ -267,3 +267,23 @@ def test_list_directory_past_path_max(c: NativeModule, tmp_path: Path) -> None:
     with pytest.raises(OSError) as info:
         c.list_directory(deep, 64)
     assert info.value.errno == errno.ENAMETOOLONG
+
+
+def test_digest_paths_batches_small_files_across_lanes(c: NativeModule, tmp_path: Path) -> None:
+    """Small files are read whole and their blocks hashed together, eight at a
+    time across files: every size around the lane and batch boundaries."""
+    sizes = [0, 1, 4095, 4096, 4097, 3 * BLOCK, 7 * BLOCK + 1, 8 * BLOCK, 9 * BLOCK + 5,
+             17 * BLOCK, 256 * 1024, 256 * 1024 + 1, 5, 64 * BLOCK + 1]
+    paths = []
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(data_of(size))
+        paths.append(os.fsencode(path))
+    paths.insert(3, os.fsencode(tmp_path / "missing"))  # an error inside a batch
+    for alg in ("sha256", "sha512"):
+        results = c.digest_paths(paths, KERNEL_ALG_ID[alg], True)
+        assert results[3] == errno.ENOENT
+        del results[3]
+        for size, result in zip(sizes, results, strict=True):
+            assert not isinstance(result, int)
+            assert result[:2] == (reference_digest(data_of(size), alg), size), size

@@ -275,12 +275,127 @@ static PyObject *py_digest_buffer(PyObject *self, PyObject *args)
 /* ---- many files ------------------------------------------------------------ */
 
 typedef struct {
+    char *data;
+    size_t len, room;
+} bytes_buf;
+
+static int buf_reserve(bytes_buf *b, size_t more)
+{
+    if (b->len + more <= b->room)
+        return 0;
+    size_t room = b->room ? b->room : 256;
+    while (room < b->len + more)
+        room *= 2;
+    char *data = realloc(b->data, room);
+    if (!data)
+        return -1;
+    b->data = data;
+    b->room = room;
+    return 0;
+}
+
+
+typedef struct {
     int err; /* 0, an errno, or NOT_REGULAR */
     int unchanged;
+    int waiting; /* read into the batch buffer, blocks not hashed yet */
     uint64_t size;
+    size_t data_at; /* where its bytes are in the batch buffer */
     struct stat before;
     unsigned char digest[64];
 } file_result;
+
+/* Files up to this size are read whole and their blocks hashed together with
+ * the other small files of the batch, eight at a time across files: most
+ * files have fewer than eight blocks, and alone they would not fill the lanes. */
+#define SMALL_FILE (256 * 1024)
+
+static __thread bytes_buf batch_data, batch_hashes;
+
+/* Read all of a small file into the batch buffer, zero-padded to whole blocks.
+ * 0 when done; 1 when it is not the size fstat said (the caller streams it). */
+static int read_small_file(int fd, file_result *r)
+{
+    size_t want = (size_t)r->before.st_size;
+    if (buf_reserve(&batch_data, want + BLOCK + 1))
+        return ENOMEM;
+    unsigned char *at = (unsigned char *)batch_data.data + batch_data.len;
+    size_t got = 0;
+    while (got < want + 1) { /* one byte more shows a file that grew */
+        ssize_t n = read(fd, at + got, want + 1 - got);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno;
+        }
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    if (got != want) {
+        if (lseek(fd, 0, SEEK_SET) < 0)
+            return errno;
+        return -1;
+    }
+    size_t padded = (want + BLOCK - 1) / BLOCK * BLOCK;
+    memset(at + want, 0, padded - want);
+    r->waiting = 1;
+    r->size = want;
+    r->data_at = batch_data.len;
+    batch_data.len += padded;
+    return 0;
+}
+
+/* Hash the blocks of every waiting file, eight at a time across files, then
+ * build each file's tree from its block hashes. */
+static int finish_small_files(file_result *results, size_t n, int alg)
+{
+    size_t blocks = 0;
+    for (size_t i = 0; i < n; i++)
+        if (results[i].waiting)
+            blocks += (results[i].size + BLOCK - 1) / BLOCK;
+    batch_hashes.len = 0;
+    if (buf_reserve(&batch_hashes, blocks * 64 + 1))
+        return ENOMEM;
+    unsigned char *hashes = (unsigned char *)batch_hashes.data;
+    const unsigned char *lanes[8];
+    unsigned char *outs[8], eight[8 * 64];
+    int queued = 0;
+    size_t next = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!results[i].waiting)
+            continue;
+        const unsigned char *data = (unsigned char *)batch_data.data + results[i].data_at;
+        for (size_t b = 0; b < (results[i].size + BLOCK - 1) / BLOCK; b++) {
+            lanes[queued] = data + b * BLOCK;
+            outs[queued++] = hashes + 64 * next++;
+            if (queued == 8) {
+                sha512x8_blocks(lanes, eight);
+                for (int k = 0; k < 8; k++)
+                    memcpy(outs[k], eight + 64 * k, 64);
+                queued = 0;
+            }
+        }
+    }
+    for (int k = 0; k < queued; k++)
+        hash_block(alg, lanes[k], outs[k]);
+    merkle *m = scratch_tree;
+    next = 0;
+    for (size_t i = 0; i < n; i++) {
+        file_result *r = &results[i];
+        if (!r->waiting)
+            continue;
+        merkle_init(m, alg);
+        for (size_t b = 0; b < (r->size + BLOCK - 1) / BLOCK; b++)
+            if (merkle_push(m, 0, hashes + 64 * next++) < 0)
+                return EFBIG;
+        m->size = r->size;
+        if (merkle_digest(m, r->digest) < 0)
+            return EFBIG;
+        r->waiting = 0;
+    }
+    return 0;
+}
 
 static int same_file(const struct stat *a, const struct stat *b)
 {
@@ -300,11 +415,15 @@ static void digest_one(int dir_fd, const char *path, int alg, int nofollow, file
         r->err = errno;
         return;
     }
+    int small = -1;
     if (fstat(fd, &r->before) < 0)
         r->err = errno;
     else if (nofollow && !S_ISREG(r->before.st_mode))
         r->err = NOT_REGULAR;
-    else if (!(r->err = digest_fd_nogil(fd, alg, r->digest, &r->size))) {
+    else if (alg == ALG_SHA512 && use_x8 && S_ISREG(r->before.st_mode) &&
+             r->before.st_size <= SMALL_FILE && (small = read_small_file(fd, r)) > 0)
+        r->err = small; /* (the digest comes from finish_small_files) */
+    else if (small == 0 || !(r->err = digest_fd_nogil(fd, alg, r->digest, &r->size))) {
         if (fstat(fd, &after) < 0)
             r->err = errno;
         else
@@ -380,10 +499,20 @@ static PyObject *py_digest_paths(PyObject *self, PyObject *args)
         }
         names[i] = PyBytes_AS_STRING(p);
     }
+    int err = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++)
+    batch_data.len = 0;
+    err = scratch();
+    for (Py_ssize_t i = 0; i < n && !err; i++)
         digest_one(dir_fd, names[i], alg, nofollow, &results[i]);
+    if (!err)
+        err = finish_small_files(results, (size_t)n, alg);
     Py_END_ALLOW_THREADS
+    if (err) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
     if (!(out = PyList_New(n)))
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -603,26 +732,6 @@ static PyObject *py_fingerprint_tree(PyObject *self, PyObject *args)
  * and for a small regular file its bytes.  Anything that goes wrong marks the
  * entry "failed" and the Python scanner redoes that entry itself, so every
  * error keeps the wording (and the checks) of the pure-Python code. */
-
-typedef struct {
-    char *data;
-    size_t len, room;
-} bytes_buf;
-
-static int buf_reserve(bytes_buf *b, size_t more)
-{
-    if (b->len + more <= b->room)
-        return 0;
-    size_t room = b->room ? b->room : 256;
-    while (room < b->len + more)
-        room *= 2;
-    char *data = realloc(b->data, room);
-    if (!data)
-        return -1;
-    b->data = data;
-    b->room = room;
-    return 0;
-}
 
 typedef struct {
     size_t name_at, name_len; /* in the names buffer */

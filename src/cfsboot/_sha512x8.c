@@ -107,11 +107,10 @@ TARGET static void compress(__m512i state[8], __m512i w[16])
     state[7] = _mm512_add_epi64(state[7], h);
 }
 
-TARGET void sha512x8_4k(const unsigned char *blocks, unsigned char *out)
+TARGET void sha512x8_blocks(const unsigned char *const blocks[8], unsigned char *out)
 {
-    /* lane i reads block i: bytes blocks + i*4096 + offset */
-    const __m512i lanes = _mm512_set_epi64(7 * 4096, 6 * 4096, 5 * 4096, 4 * 4096, 3 * 4096,
-                                           2 * 4096, 1 * 4096, 0);
+    /* lane i reads block i: the gathers take absolute addresses (base 0) */
+    const __m512i lanes = _mm512_loadu_si512((const void *)blocks);
     /* big-endian words: reverse the bytes of each 64-bit lane */
     const __m512i swap = _mm512_broadcast_i32x4(
         _mm_set_epi8(8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
@@ -119,9 +118,11 @@ TARGET void sha512x8_4k(const unsigned char *blocks, unsigned char *out)
     for (int i = 0; i < 8; i++)
         state[i] = _mm512_set1_epi64((long long)H0[i]);
     for (int chunk = 0; chunk < 4096 / 128; chunk++) {
-        const unsigned char *base = blocks + chunk * 128;
         for (int t = 0; t < 16; t++)
-            w[t] = _mm512_shuffle_epi8(_mm512_i64gather_epi64(lanes, base + 8 * t, 1), swap);
+            w[t] = _mm512_shuffle_epi8(
+                _mm512_i64gather_epi64(
+                    _mm512_add_epi64(lanes, _mm512_set1_epi64(chunk * 128 + 8 * t)), NULL, 1),
+                swap);
         compress(state, w);
     }
     /* The padding block, the same for every 4096-byte message:
@@ -139,6 +140,14 @@ TARGET void sha512x8_4k(const unsigned char *blocks, unsigned char *out)
             memcpy(out + 64 * lane + 8 * i, &words[i][lane], 8);
 }
 
+void sha512x8_4k(const unsigned char *blocks, unsigned char *out)
+{
+    const unsigned char *each[8];
+    for (int i = 0; i < 8; i++)
+        each[i] = blocks + 4096 * i;
+    sha512x8_blocks(each, out);
+}
+
 int sha512x8_available(void)
 {
     __builtin_cpu_init();
@@ -146,6 +155,12 @@ int sha512x8_available(void)
 }
 
 #else /* not x86-64 with GCC/Clang: never used */
+
+void sha512x8_blocks(const unsigned char *const blocks[8], unsigned char *out)
+{
+    (void)blocks;
+    (void)out;
+}
 
 void sha512x8_4k(const unsigned char *blocks, unsigned char *out)
 {
