@@ -270,8 +270,8 @@ def _digest_many(paths: Iterable[P], alg: str, threads: int | None,
         return
     if native.module is not None and one_file in _NATIVE_SHAPES:
         detailed = _NATIVE_SHAPES[one_file]
-        native_pool = NativePool(native.module, KERNEL_ALG_ID[alg], workers, not follow_symlinks,
-                             cast("Callable[[object], int] | None", cost))
+        native_pool: NativePool[int] = NativePool(native.module, KERNEL_ALG_ID[alg], workers,
+                                                  not follow_symlinks, cost)
         try:
             yield from _in_order(tasks, lambda t: (
                 (seq, _from_native(raw, detailed)) for seq, raw in native_pool.run(t)))

@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from cfsboot.native import NativeModule
 
@@ -26,28 +27,28 @@ _BATCH_COST = 256 << 10  # cheap files travel together while their costs add up 
 _BATCH_FILES = 32
 _TASKS_AHEAD_PER_WORKER = 512
 
-_Batch = tuple[list[int], list[bytes]]
+K = TypeVar("K")  # what the caller tells its files apart by (a sequence number, a job)
 _AnyPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
-class NativePool:
+class NativePool(Generic[K]):
     """``workers`` threads hashing batches of paths in C.
 
-    ``run`` takes (sequence number, path) tasks lazily, at most a window of
-    files ahead of the results, and yields (sequence number, result) as
-    batches complete.  ``stop`` makes the workers skip what is still queued
-    and waits for them (a file being hashed is finished first).
+    ``run`` takes (key, path) tasks lazily, at most a window of files ahead
+    of the results, and yields (key, result) as batches complete.  ``stop``
+    makes the workers skip what is still queued and waits for them (a file
+    being hashed is finished first).
     """
 
     def __init__(self, module: NativeModule, alg_id: int, workers: int, nofollow: bool,
-                 cost: Callable[[object], int] | None = None) -> None:
+                 cost: Callable[[Any], int] | None = None) -> None:
         self._digest_paths = module.digest_paths
         self._alg_id = alg_id
         self._nofollow = nofollow
         self._cost = cost
         self._window = _TASKS_AHEAD_PER_WORKER * workers
-        self._todo: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[tuple[list[int], list[NativeResult]] | BaseException] = (
+        self._todo: queue.SimpleQueue[tuple[list[K], list[bytes]] | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[list[K], list[NativeResult]] | BaseException] = (
             queue.SimpleQueue())
         self._stopped = False
         self._threads = [threading.Thread(target=self._work, name=f"cfsboot-verity-{i}",
@@ -60,15 +61,15 @@ class NativePool:
         while (batch := self._todo.get()) is not None:
             if self._stopped:
                 continue  # drain without hashing
-            seqs, paths = batch
+            keys, paths = batch
             try:
-                self._done.put((seqs, digest_paths(paths, alg_id, nofollow)))
+                self._done.put((keys, digest_paths(paths, alg_id, nofollow)))
             except BaseException as e:  # a bug (bad argument), or out of memory
                 self._done.put(e)
 
-    def run(self, tasks: Iterator[tuple[int, _AnyPath]]) -> Iterator[tuple[int, NativeResult]]:
+    def run(self, tasks: Iterator[tuple[K, _AnyPath]]) -> Iterator[tuple[K, NativeResult]]:
         cost = self._cost
-        seqs: list[int] = []
+        seqs: list[K] = []
         paths: list[bytes] = []
         batch_cost = 0
         in_flight = 0

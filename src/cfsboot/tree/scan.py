@@ -38,7 +38,9 @@ from typing import Any
 from cfsboot import native
 from cfsboot.errors import CfsError
 from cfsboot.fsverity import digest_fd
-from cfsboot.fsverity.files import NOT_REGULAR, FileDigest, digest_files_detailed
+from cfsboot.fsverity.digest import KERNEL_ALG_ID
+from cfsboot.fsverity.files import NOT_REGULAR, digest_files_detailed
+from cfsboot.fsverity.native_pool import NOT_REGULAR_CODE, NativePool
 from cfsboot.native import ListedEntry, StatLike
 from cfsboot.tree.counts import ScanCounts
 from cfsboot.tree.digest_store import ObjectSink
@@ -113,7 +115,9 @@ def scan_directory(path: str, options: ScanOptions | None = None) -> ScanResult:
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        if options.sink is None:
+        if options.sink is None and native.module is not None:
+            root = scanner.scan_with_native(root_st, threads, native.module)
+        elif options.sink is None:
             root = scanner.scan_with_processes(root_st, threads)
         else:
             root = scanner.scan_with_threads(root_st, threads)
@@ -189,27 +193,44 @@ class _Scanner:
             pool.stop()
         return root
 
+    def feed(self, root: Directory, root_st: StatLike) -> Iterator[_Job]:
+        """The walk's files to hash: up to 1 MiB as found, larger ones after
+        the walk, largest first (so the hashing does not end on one big file)."""
+        deferred: list[_Job] = []
+        progress = self.progress.enabled
+        for batch in self.walk(root, root_st):
+            if progress and batch:
+                self.progress.add_total(sum(job.st.st_size for job in batch))
+            for job in batch:
+                if job.st.st_size > _DEFER_BYTES:
+                    deferred.append(job)
+                else:
+                    yield job
+        deferred.sort(key=_job_size, reverse=True)
+        yield from deferred
+
+    def scan_with_native(self, root_st: os.stat_result, workers: int,
+                         module: native.NativeModule) -> Directory:
+        """Hashing threads running the C accelerator (no GIL while hashing);
+        results are taken as they come, in no particular order."""
+        root = Directory(_stat(self.root_path, root_st))
+        pool: NativePool[_Job] = NativePool(module, KERNEL_ALG_ID[self.options.alg], workers,
+                                           nofollow=True, cost=_job_size)
+        try:
+            for job, result in pool.run((job, job) for job in self.feed(root, root_st)):
+                if type(result) is int:
+                    raise _native_read_error(job.path, result)
+                self._hashed(job, result)  # type: ignore[arg-type]
+        finally:
+            pool.stop()
+        return root
+
     def scan_with_processes(self, root_st: os.stat_result, workers: int) -> Directory:
         root = Directory(_stat(self.root_path, root_st))
-
-        def feed() -> Iterator[_Job]:
-            deferred: list[_Job] = []
-            progress = self.progress.enabled
-            for batch in self.walk(root, root_st):
-                if progress and batch:
-                    self.progress.add_total(sum(job.st.st_size for job in batch))
-                for job in batch:
-                    if job.st.st_size > _DEFER_BYTES:
-                        deferred.append(job)
-                    else:
-                        yield job
-            deferred.sort(key=lambda job: job.st.st_size, reverse=True)
-            yield from deferred
-
         # Results come in the order fed; the generator is closed on any error,
         # which stops and reaps the workers.  Small files travel to the workers
         # several to a message (cost = size).
-        results = digest_files_detailed(feed(), self.options.alg, workers,
+        results = digest_files_detailed(self.feed(root, root_st), self.options.alg, workers,
                                         follow_symlinks=False, cost=_job_size)
         try:
             for job, result in results:
@@ -220,22 +241,23 @@ class _Scanner:
             results.close()
         return root
 
-    def _hashed(self, job: _Job, result: FileDigest) -> None:
-        """Check what a worker read against what the walk listed, then use it."""
+    def _hashed(self, job: _Job, result: tuple[bytes, int, int, int, int, int, int, int, bool]
+                ) -> None:
+        """Check what a worker read (a FileDigest, or the same fields from the
+        C code) against what the walk listed, then use it."""
+        digest, size, mode, dev, ino, st_size, mtime_ns, ctime_ns, unchanged = result
         listed = job.st
-        if not st_.S_ISREG(result.st_mode) or (result.st_dev, result.st_ino) != (
-                listed.st_dev, listed.st_ino):
+        if not st_.S_ISREG(mode) or dev != listed.st_dev or ino != listed.st_ino:
             raise ScanError(f"{_shown(job.path)} was replaced while scanning")
-        if result.size != listed.st_size:
+        if size != listed.st_size:
             raise ScanError(f"{_shown(job.path)} changed size while scanning "
-                            f"({listed.st_size} -> {result.size} bytes)")
+                            f"({listed.st_size} -> {size} bytes)")
         cache = self.options.cache
-        if (cache is not None and result.unchanged
-                and (result.st_size, result.st_mtime_ns, result.st_ctime_ns)
-                == (listed.st_size, listed.st_mtime_ns, listed.st_ctime_ns)):
-            cache.record(listed, result.digest)  # as listed, and unchanged while read
-        self._done(job, result.digest, hashed=result.size)
-        self.progress.advance(result.size)
+        if (cache is not None and unchanged and st_size == listed.st_size
+                and mtime_ns == listed.st_mtime_ns and ctime_ns == listed.st_ctime_ns):
+            cache.record(listed, digest)  # as listed, and unchanged while read
+        self._done(job, digest, hashed=size)
+        self.progress.advance(size)
 
     # ---- metadata walk (one thread) ----------------------------------------
 
@@ -544,6 +566,14 @@ class _HashPool:
 
 def _job_size(job: _Job) -> int:
     return job.st.st_size
+
+
+def _native_read_error(path: bytes, code: int) -> ScanError:
+    """A file the C hashing code could not read (an errno, or -1: not a regular
+    file any more), worded as :func:`_read_error` words it."""
+    if code == NOT_REGULAR_CODE or code == errno.ELOOP:
+        return ScanError(f"{_shown(path)} was replaced while scanning")
+    return ScanError(f"cannot read {_shown(path)}: {os.strerror(code)}")
 
 
 def _read_error(e: OSError) -> ScanError:
