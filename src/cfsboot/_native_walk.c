@@ -1,0 +1,560 @@
+/*
+ * cfsboot._native, part 2 of 2: tree walks (the module itself is in _native.c,
+ * the shared declarations in _native.h).
+ *
+ *  - fingerprint_tree: the --cache "has anything changed?" walk, which stats
+ *    every entry of the tree; in C that is a syscall per entry instead of
+ *    ~7 us of interpreter work.
+ *  - list_directory: one directory's entries for the tree scan (lstat,
+ *    xattrs, symlink targets, small files' bytes), returned as Stat
+ *    struct sequences and bytes.
+ */
+#include "_native.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+/* ---- tree fingerprint ------------------------------------------------------ */
+
+/* Mirrors cfsboot.tree.hashcache: the same records, the same order, the same
+ * SHA-256 over their concatenation (records are little-endian). */
+
+typedef struct {
+    char **items;
+    size_t count, room;
+} path_stack;
+
+static int stack_push(path_stack *s, char *path)
+{
+    if (s->count == s->room) {
+        size_t room = s->room ? 2 * s->room : 64;
+        char **items = realloc(s->items, room * sizeof *items);
+        if (!items)
+            return -1;
+        s->items = items;
+        s->room = room;
+    }
+    s->items[s->count++] = path;
+    return 0;
+}
+
+typedef struct {
+    EVP_MD_CTX *ctx;
+    struct timespec newest_ctime;
+} fingerprint;
+
+static void put_le(unsigned char *at, uint64_t value, int bytes)
+{
+    for (int i = 0; i < bytes; i++)
+        at[i] = (unsigned char)(value >> (8 * i));
+}
+
+/* The nanosecond count modulo 2^64, as the Python side packs it. */
+static uint64_t wrapped_ns(const struct timespec *t)
+{
+    return (uint64_t)t->tv_sec * 1000000000u + (uint64_t)t->tv_nsec;
+}
+
+static int fp_entry(fingerprint *fp, const char *name, size_t name_len, const struct stat *st)
+{
+    unsigned char record[72];
+    put_le(record, name_len, 4);
+    put_le(record + 4, st->st_mode, 4);
+    put_le(record + 8, st->st_dev, 8);
+    put_le(record + 16, st->st_ino, 8);
+    put_le(record + 24, st->st_nlink, 8);
+    put_le(record + 32, st->st_uid, 4);
+    put_le(record + 36, st->st_gid, 4);
+    put_le(record + 40, st->st_rdev, 8);
+    put_le(record + 48, (uint64_t)st->st_size, 8);
+    put_le(record + 56, wrapped_ns(&st->st_mtim), 8);
+    put_le(record + 64, wrapped_ns(&st->st_ctim), 8);
+    if (st->st_ctim.tv_sec > fp->newest_ctime.tv_sec ||
+        (st->st_ctim.tv_sec == fp->newest_ctime.tv_sec &&
+         st->st_ctim.tv_nsec > fp->newest_ctime.tv_nsec))
+        fp->newest_ctime = st->st_ctim;
+    return EVP_DigestUpdate(fp->ctx, record, sizeof record) &&
+                   EVP_DigestUpdate(fp->ctx, name, name_len)
+               ? 0
+               : -1;
+}
+
+/* One directory: its record, its entries' records, its subdirectories pushed
+ * (in listing order, so the last one is walked first, as the Python walk does). */
+static int fp_directory(fingerprint *fp, const char *path, path_stack *stack)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    DIR *dir = fdopendir(fd);
+    if (!dir) {
+        int err = errno;
+        close(fd);
+        return err;
+    }
+    size_t path_len = strlen(path);
+    int slash = path_len == 0 || path[path_len - 1] != '/';
+    unsigned char head[8];
+    put_le(head, 0xFFFFFFFFu, 4);
+    put_le(head + 4, path_len, 4);
+    int err = 0;
+    if (!EVP_DigestUpdate(fp->ctx, head, sizeof head) ||
+        !EVP_DigestUpdate(fp->ctx, path, path_len))
+        err = EIO;
+    for (;;) {
+        if (err)
+            break;
+        errno = 0;
+        struct dirent *entry = readdir(dir);
+        if (!entry) {
+            err = errno;
+            break;
+        }
+        const char *name = entry->d_name;
+        if (name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0)))
+            continue;
+        struct stat st;
+        if (fstatat(dirfd(dir), name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            err = errno;
+            break;
+        }
+        size_t name_len = strlen(name);
+        if (fp_entry(fp, name, name_len, &st) < 0) {
+            err = EIO;
+            break;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            char *child = malloc(path_len + 1 + name_len + 1);
+            if (!child) {
+                err = ENOMEM;
+                break;
+            }
+            memcpy(child, path, path_len);
+            size_t at = path_len;
+            if (slash)
+                child[at++] = '/';
+            memcpy(child + at, name, name_len + 1);
+            if (stack_push(stack, child) < 0) {
+                free(child);
+                err = ENOMEM;
+                break;
+            }
+        }
+    }
+    closedir(dir);
+    return err;
+}
+
+/* The Python walk lists a directory completely before it pushes the
+ * subdirectories: pushing while listing gives the same stack, because
+ * entries are pushed in listing order either way. */
+static int fingerprint_walk(fingerprint *fp, const char *root)
+{
+    struct stat st;
+    path_stack stack = {0};
+    int err = 0;
+    if (lstat(root, &st) < 0)
+        return errno;
+    if (fp_entry(fp, "", 0, &st) < 0)
+        return EIO;
+    char *first = strdup(root);
+    if (!first || stack_push(&stack, first) < 0) {
+        free(first);
+        return ENOMEM;
+    }
+    while (stack.count) {
+        char *path = stack.items[--stack.count];
+        err = fp_directory(fp, path, &stack);
+        free(path);
+        if (err)
+            break;
+    }
+    while (stack.count)
+        free(stack.items[--stack.count]);
+    free(stack.items);
+    return err;
+}
+
+/* fingerprint_tree(root: bytes, salt: bytes) -> (sha256 digest, newest ctime
+ * seconds, nanoseconds); OSError when the tree cannot be read. */
+PyObject *cfs_py_fingerprint_tree(PyObject *self, PyObject *args)
+{
+    const char *root;
+    Py_buffer salt;
+    int err = 0;
+    unsigned char digest[32];
+    unsigned int digest_len = 0;
+    if (!PyArg_ParseTuple(args, "yy*:fingerprint_tree", &root, &salt))
+        return NULL;
+    fingerprint fp = {EVP_MD_CTX_new(), {0, 0}};
+    if (!fp.ctx) {
+        PyBuffer_Release(&salt);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (!EVP_DigestInit_ex(fp.ctx, EVP_sha256(), NULL) ||
+        !EVP_DigestUpdate(fp.ctx, salt.buf, (size_t)salt.len))
+        err = EIO;
+    if (!err)
+        err = fingerprint_walk(&fp, root);
+    if (!err && !EVP_DigestFinal_ex(fp.ctx, digest, &digest_len))
+        err = EIO;
+    Py_END_ALLOW_THREADS
+    EVP_MD_CTX_free(fp.ctx);
+    PyBuffer_Release(&salt);
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return Py_BuildValue("(y#Ll)", digest, (Py_ssize_t)digest_len,
+                         (long long)fp.newest_ctime.tv_sec, (long)fp.newest_ctime.tv_nsec);
+}
+
+/* ---- directory listing for the tree scan --------------------------------- */
+
+/* One entry as the scan needs it: lstat, xattrs, and for a symlink its target
+ * and for a small regular file its bytes.  Anything that goes wrong marks the
+ * entry "failed" and the Python scanner redoes that entry itself, so every
+ * error keeps the wording (and the checks) of the pure-Python code. */
+
+typedef struct {
+    size_t name_at, name_len; /* in the names buffer */
+    size_t xattr_at, xattr_len; /* in the xattrs buffer: (u32 len, name, u32 len, value)* */
+    size_t data_at;
+    ssize_t data_len; /* -1: no data */
+    int failed;
+    struct stat st;
+} dir_entry;
+
+typedef struct {
+    dir_entry *items;
+    size_t count, room;
+    bytes_buf names, xattrs, data;
+} dir_listing;
+
+PyTypeObject *cfs_stat_type; /* created by PyInit__native */
+
+static PyStructSequence_Field stat_fields[] = {
+    {"st_mode", NULL}, {"st_ino", NULL},   {"st_dev", NULL},      {"st_nlink", NULL},
+    {"st_uid", NULL},  {"st_gid", NULL},   {"st_size", NULL},     {"st_rdev", NULL},
+    {"st_mtime_ns", NULL}, {"st_ctime_ns", NULL}, {NULL, NULL},
+};
+
+PyStructSequence_Desc cfs_stat_desc = {
+    "cfsboot._native.Stat", "The lstat fields a tree scan uses (names as in os.stat_result).",
+    stat_fields, 10,
+};
+
+static int put_u32(bytes_buf *b, size_t value)
+{
+    if (cfs_buf_reserve(b, 4))
+        return -1;
+    put_le((unsigned char *)b->data + b->len, value, 4);
+    b->len += 4;
+    return 0;
+}
+
+static int put_bytes(bytes_buf *b, const void *data, size_t len)
+{
+    if (put_u32(b, len) || cfs_buf_reserve(b, len))
+        return -1;
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    return 0;
+}
+
+/* xattrs of `path` (not followed) into the listing's buffer; -1 on any error
+ * but "this filesystem has no xattrs". */
+static int read_xattrs(const char *path, bytes_buf *out)
+{
+    char small[1024], *names = small;
+    ssize_t size = llistxattr(path, small, sizeof small);
+    if (size < 0 && errno == ERANGE) {
+        ssize_t need = llistxattr(path, NULL, 0);
+        if (need < 0 || !(names = malloc((size_t)need + 1)))
+            return -1;
+        size = llistxattr(path, names, (size_t)need);
+    }
+    if (size < 0) {
+        if (names != small)
+            free(names);
+        return errno == ENOTSUP || errno == EOPNOTSUPP ? 0 : -1;
+    }
+    int err = 0;
+    char value_small[512];
+    for (ssize_t at = 0; at < size && !err;) {
+        const char *name = names + at;
+        size_t name_len = strlen(name);
+        at += (ssize_t)name_len + 1;
+        char *value = value_small;
+        ssize_t value_len = lgetxattr(path, name, value_small, sizeof value_small);
+        if (value_len < 0 && errno == ERANGE) {
+            ssize_t need = lgetxattr(path, name, NULL, 0);
+            if (need < 0 || !(value = malloc((size_t)need + 1)))
+                err = -1;
+            else
+                value_len = lgetxattr(path, name, value, (size_t)need);
+        }
+        if (!err && (value_len < 0 || put_bytes(out, name, name_len) ||
+                     put_bytes(out, value, (size_t)value_len)))
+            err = -1;
+        if (value != value_small)
+            free(value);
+    }
+    if (names != small)
+        free(names);
+    return err;
+}
+
+/* The target of a symlink, or the bytes of a regular file of at most
+ * inline_max bytes (read one byte more, to see a file that grew). */
+static int read_entry_data(int dfd, const char *name, const struct stat *st, long inline_max,
+                           bytes_buf *out, ssize_t *len)
+{
+    if (S_ISLNK(st->st_mode)) {
+        if (cfs_buf_reserve(out, 4096 + 1))
+            return -1;
+        ssize_t got = readlinkat(dfd, name, out->data + out->len, 4096 + 1);
+        if (got < 0 || got > 4096)
+            return -1;
+        *len = got;
+        return 0;
+    }
+    if (!S_ISREG(st->st_mode) || st->st_size > inline_max)
+        return 0;
+    size_t want = (size_t)st->st_size + 1;
+    if (cfs_buf_reserve(out, want))
+        return -1;
+    int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        return -1;
+    size_t got = 0;
+    while (got < want) {
+        ssize_t n = read(fd, out->data + out->len + got, want - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fd);
+    if (got != (size_t)st->st_size)
+        return -1; /* changed size, or unreadable: the Python code says which */
+    *len = (ssize_t)got;
+    return 0;
+}
+
+static int list_entry(dir_listing *l, int dfd, const char *dir_path, size_t dir_len,
+                      const char *name, long inline_max, char **full, size_t *full_room)
+{
+    if (l->count == l->room) {
+        size_t room = l->room ? 2 * l->room : 64;
+        dir_entry *items = realloc(l->items, room * sizeof *items);
+        if (!items)
+            return ENOMEM;
+        l->items = items;
+        l->room = room;
+    }
+    dir_entry *e = &l->items[l->count];
+    memset(e, 0, sizeof *e);
+    e->data_len = -1;
+    size_t name_len = strlen(name);
+    if (cfs_buf_reserve(&l->names, name_len))
+        return ENOMEM;
+    e->name_at = l->names.len;
+    e->name_len = name_len;
+    memcpy(l->names.data + l->names.len, name, name_len);
+    l->names.len += name_len;
+    l->count++;
+    /* the full path, for the xattr calls (which have no *at() form) */
+    size_t need = dir_len + 1 + name_len + 1;
+    if (need > *full_room) {
+        char *grown = realloc(*full, need);
+        if (!grown)
+            return ENOMEM;
+        *full = grown;
+        *full_room = need;
+    }
+    size_t at = dir_len;
+    memcpy(*full, dir_path, dir_len);
+    if (dir_len && dir_path[dir_len - 1] != '/')
+        (*full)[at++] = '/';
+    memcpy(*full + at, name, name_len + 1);
+    size_t xattrs_before = l->xattrs.len;
+    if (fstatat(dfd, name, &e->st, AT_SYMLINK_NOFOLLOW) < 0 ||
+        read_xattrs(*full, &l->xattrs) < 0 ||
+        read_entry_data(dfd, name, &e->st, inline_max, &l->data, &e->data_len) < 0) {
+        e->failed = 1;
+        l->xattrs.len = xattrs_before;
+        e->data_len = -1;
+        return 0;
+    }
+    e->xattr_at = xattrs_before;
+    e->xattr_len = l->xattrs.len - xattrs_before;
+    if (e->data_len >= 0) {
+        e->data_at = l->data.len;
+        l->data.len += (size_t)e->data_len;
+    }
+    return 0;
+}
+
+static int list_directory_nogil(const char *path, long inline_max, dir_listing *l)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    DIR *dir = fdopendir(fd);
+    if (!dir) {
+        int err = errno;
+        close(fd);
+        return err;
+    }
+    size_t dir_len = strlen(path), full_room = 0;
+    char *full = NULL;
+    int err = 0;
+    for (;;) {
+        errno = 0;
+        struct dirent *entry = readdir(dir);
+        if (!entry) {
+            err = errno;
+            break;
+        }
+        const char *name = entry->d_name;
+        if (name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0)))
+            continue;
+        if ((err = list_entry(l, dirfd(dir), path, dir_len, name, inline_max, &full,
+                              &full_room)))
+            break;
+    }
+    free(full);
+    closedir(dir);
+    return err;
+}
+
+static PyObject *stat_object(const struct stat *st)
+{
+    PyObject *out = PyStructSequence_New(cfs_stat_type);
+    if (!out)
+        return NULL;
+    PyObject *items[10] = {
+        PyLong_FromUnsignedLong((unsigned long)st->st_mode),
+        PyLong_FromUnsignedLongLong((unsigned long long)st->st_ino),
+        PyLong_FromUnsignedLongLong((unsigned long long)st->st_dev),
+        PyLong_FromUnsignedLongLong((unsigned long long)st->st_nlink),
+        PyLong_FromUnsignedLong((unsigned long)st->st_uid),
+        PyLong_FromUnsignedLong((unsigned long)st->st_gid),
+        PyLong_FromLongLong((long long)st->st_size),
+        PyLong_FromUnsignedLongLong((unsigned long long)st->st_rdev),
+        cfs_time_ns(&st->st_mtim),
+        cfs_time_ns(&st->st_ctim),
+    };
+    int ok = 1;
+    for (int i = 0; i < 10; i++) {
+        if (!items[i])
+            ok = 0;
+        PyStructSequence_SET_ITEM(out, i, items[i]); /* NULLs are fine for the dealloc */
+    }
+    if (!ok)
+        Py_CLEAR(out);
+    return out;
+}
+
+static PyObject *xattr_dict(const char *data, size_t len)
+{
+    PyObject *out = PyDict_New();
+    for (size_t at = 0; out && at < len;) {
+        uint32_t name_len = 0, value_len = 0;
+        for (int i = 0; i < 4; i++)
+            name_len |= (uint32_t)(unsigned char)data[at + i] << (8 * i);
+        const char *name = data + at + 4;
+        at += 4 + name_len;
+        for (int i = 0; i < 4; i++)
+            value_len |= (uint32_t)(unsigned char)data[at + i] << (8 * i);
+        const char *value = data + at + 4;
+        at += 4 + value_len;
+        PyObject *k = PyBytes_FromStringAndSize(name, name_len);
+        PyObject *v = PyBytes_FromStringAndSize(value, value_len);
+        if (!k || !v || PyDict_SetItem(out, k, v) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+    }
+    return out;
+}
+
+/* list_directory(path: bytes, inline_max) -> [(name, full path, Stat, xattrs, data)]
+ * in readdir order; for a failed entry Stat, xattrs and data are None (the
+ * caller redoes it); data is the symlink target or the small file's bytes, or
+ * None.  OSError when the directory itself cannot be listed. */
+PyObject *cfs_py_list_directory(PyObject *self, PyObject *args)
+{
+    const char *path;
+    Py_ssize_t path_len;
+    long inline_max;
+    int err;
+    dir_listing l = {0};
+    if (!PyArg_ParseTuple(args, "y#l:list_directory", &path, &path_len, &inline_max))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    err = list_directory_nogil(path, inline_max, &l);
+    Py_END_ALLOW_THREADS
+    PyObject *out = NULL;
+    if (err) {
+        errno = err;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, PyTuple_GET_ITEM(args, 0));
+        goto done;
+    }
+    if (!(out = PyList_New((Py_ssize_t)l.count)))
+        goto done;
+    int slash = path_len && path[path_len - 1] != '/';
+    for (size_t i = 0; i < l.count; i++) {
+        dir_entry *e = &l.items[i];
+        PyObject *name = PyBytes_FromStringAndSize(l.names.data + e->name_at, e->name_len);
+        PyObject *full = PyBytes_FromStringAndSize(NULL, path_len + slash + e->name_len);
+        if (full) {
+            char *f = PyBytes_AS_STRING(full);
+            memcpy(f, path, (size_t)path_len);
+            if (slash)
+                f[path_len] = '/';
+            memcpy(f + path_len + slash, l.names.data + e->name_at, e->name_len);
+        }
+        PyObject *st = NULL, *xattrs = NULL, *data = NULL, *item = NULL;
+        if (e->failed) {
+            st = Py_NewRef(Py_None);
+            xattrs = Py_NewRef(Py_None);
+            data = Py_NewRef(Py_None);
+        } else {
+            st = stat_object(&e->st);
+            xattrs = xattr_dict(l.xattrs.data + e->xattr_at, e->xattr_len);
+            data = e->data_len >= 0 ? PyBytes_FromStringAndSize(l.data.data + e->data_at,
+                                                                e->data_len)
+                                    : Py_NewRef(Py_None);
+        }
+        if (name && full && st && xattrs && data)
+            item = PyTuple_Pack(5, name, full, st, xattrs, data);
+        Py_XDECREF(name);
+        Py_XDECREF(full);
+        Py_XDECREF(st);
+        Py_XDECREF(xattrs);
+        Py_XDECREF(data);
+        if (!item) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, item);
+    }
+done:
+    free(l.items);
+    free(l.names.data);
+    free(l.xattrs.data);
+    free(l.data.data);
+    return out;
+}
