@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -21,11 +22,17 @@
 #include <unistd.h>
 
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 
 /* ---- tree fingerprint ------------------------------------------------------ */
 
-/* Mirrors cfsboot.tree.hashcache: the same records, the same order, the same
- * SHA-256 over their concatenation (records are little-endian). */
+/* Mirrors cfsboot.tree.hashcache.TreeFingerprint: the same little-endian
+ * records, each directory's (its header, then its entries in readdir order)
+ * hashed on its own, and the fingerprint the SHA-256 of the salt, the root's
+ * record and the sorted directory digests.  Sorting makes the walk order
+ * irrelevant, so directories are read by several threads at once. */
+
+#define DIR_DIGEST 32
 
 typedef struct {
     char **items;
@@ -46,11 +53,6 @@ static int stack_push(path_stack *s, char *path)
     return 0;
 }
 
-typedef struct {
-    EVP_MD_CTX *ctx;
-    struct timespec newest_ctime;
-} fingerprint;
-
 static void put_le(unsigned char *at, uint64_t value, int bytes)
 {
     for (int i = 0; i < bytes; i++)
@@ -63,9 +65,17 @@ static uint64_t wrapped_ns(const struct timespec *t)
     return (uint64_t)t->tv_sec * 1000000000u + (uint64_t)t->tv_nsec;
 }
 
-static int fp_entry(fingerprint *fp, const char *name, size_t name_len, const struct stat *st)
+static void newer(struct timespec *newest, const struct timespec *t)
 {
-    unsigned char record[72];
+    if (t->tv_sec > newest->tv_sec || (t->tv_sec == newest->tv_sec && t->tv_nsec > newest->tv_nsec))
+        *newest = *t;
+}
+
+static int fp_record(bytes_buf *out, const char *name, size_t name_len, const struct stat *st)
+{
+    if (cfs_buf_reserve(out, 72 + name_len))
+        return -1;
+    unsigned char *record = (unsigned char *)out->data + out->len;
     put_le(record, name_len, 4);
     put_le(record + 4, st->st_mode, 4);
     put_le(record + 8, st->st_dev, 8);
@@ -77,19 +87,24 @@ static int fp_entry(fingerprint *fp, const char *name, size_t name_len, const st
     put_le(record + 48, (uint64_t)st->st_size, 8);
     put_le(record + 56, wrapped_ns(&st->st_mtim), 8);
     put_le(record + 64, wrapped_ns(&st->st_ctim), 8);
-    if (st->st_ctim.tv_sec > fp->newest_ctime.tv_sec ||
-        (st->st_ctim.tv_sec == fp->newest_ctime.tv_sec &&
-         st->st_ctim.tv_nsec > fp->newest_ctime.tv_nsec))
-        fp->newest_ctime = st->st_ctim;
-    return EVP_DigestUpdate(fp->ctx, record, sizeof record) &&
-                   EVP_DigestUpdate(fp->ctx, name, name_len)
-               ? 0
-               : -1;
+    memcpy(record + 72, name, name_len);
+    out->len += 72 + name_len;
+    return 0;
 }
 
-/* One directory: its record, its entries' records, its subdirectories pushed
- * (in listing order, so the last one is walked first, as the Python walk does). */
-static int fp_directory(fingerprint *fp, const char *path, path_stack *stack)
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    path_stack todo;  /* directories not read yet */
+    size_t reading;   /* directories being read */
+    int err;          /* the first error, which stops everyone */
+    bytes_buf digests; /* DIR_DIGEST bytes per directory read */
+    struct timespec newest_ctime;
+} shared_walk;
+
+/* One directory: its digest, its subdirectories (as paths) into `found`. */
+static int fp_directory(const char *path, bytes_buf *records, path_stack *found,
+                        struct timespec *newest, unsigned char *digest)
 {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
@@ -102,16 +117,17 @@ static int fp_directory(fingerprint *fp, const char *path, path_stack *stack)
     }
     size_t path_len = strlen(path);
     int slash = path_len == 0 || path[path_len - 1] != '/';
-    unsigned char head[8];
-    put_le(head, 0xFFFFFFFFu, 4);
-    put_le(head + 4, path_len, 4);
+    records->len = 0;
     int err = 0;
-    if (!EVP_DigestUpdate(fp->ctx, head, sizeof head) ||
-        !EVP_DigestUpdate(fp->ctx, path, path_len))
-        err = EIO;
+    if (cfs_buf_reserve(records, 8 + path_len)) {
+        closedir(dir);
+        return ENOMEM;
+    }
+    put_le((unsigned char *)records->data, 0xFFFFFFFFu, 4);
+    put_le((unsigned char *)records->data + 4, path_len, 4);
+    memcpy(records->data + 8, path, path_len);
+    records->len = 8 + path_len;
     for (;;) {
-        if (err)
-            break;
         errno = 0;
         struct dirent *entry = readdir(dir);
         if (!entry) {
@@ -127,10 +143,11 @@ static int fp_directory(fingerprint *fp, const char *path, path_stack *stack)
             break;
         }
         size_t name_len = strlen(name);
-        if (fp_entry(fp, name, name_len, &st) < 0) {
-            err = EIO;
+        if (fp_record(records, name, name_len, &st) < 0) {
+            err = ENOMEM;
             break;
         }
+        newer(newest, &st.st_ctim);
         if (S_ISDIR(st.st_mode)) {
             char *child = malloc(path_len + 1 + name_len + 1);
             if (!child) {
@@ -142,7 +159,7 @@ static int fp_directory(fingerprint *fp, const char *path, path_stack *stack)
             if (slash)
                 child[at++] = '/';
             memcpy(child + at, name, name_len + 1);
-            if (stack_push(stack, child) < 0) {
+            if (stack_push(found, child) < 0) {
                 free(child);
                 err = ENOMEM;
                 break;
@@ -150,36 +167,109 @@ static int fp_directory(fingerprint *fp, const char *path, path_stack *stack)
         }
     }
     closedir(dir);
+    if (!err)
+        SHA256((unsigned char *)records->data, records->len, digest);
     return err;
 }
 
-/* The Python walk lists a directory completely before it pushes the
- * subdirectories: pushing while listing gives the same stack, because
- * entries are pushed in listing order either way. */
-static int fingerprint_walk(fingerprint *fp, const char *root)
+static void *fp_worker(void *arg)
+{
+    shared_walk *w = arg;
+    bytes_buf records = {0};
+    path_stack found = {0};
+    struct timespec newest = {0, 0};
+    unsigned char digest[DIR_DIGEST];
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (!w->err && w->todo.count == 0 && w->reading > 0)
+            pthread_cond_wait(&w->wake, &w->lock);
+        if (w->err || w->todo.count == 0)
+            break; /* failed, or nothing left to read and nobody reading */
+        char *path = w->todo.items[--w->todo.count];
+        w->reading++;
+        pthread_mutex_unlock(&w->lock);
+        int err = fp_directory(path, &records, &found, &newest, digest);
+        free(path);
+        pthread_mutex_lock(&w->lock);
+        w->reading--;
+        if (!err && cfs_buf_reserve(&w->digests, DIR_DIGEST))
+            err = ENOMEM;
+        if (!err) {
+            memcpy(w->digests.data + w->digests.len, digest, DIR_DIGEST);
+            w->digests.len += DIR_DIGEST;
+        }
+        while (found.count) {
+            char *child = found.items[--found.count];
+            if (err || stack_push(&w->todo, child) < 0) {
+                free(child);
+                err = err ? err : ENOMEM;
+            }
+        }
+        if (err && !w->err)
+            w->err = err;
+        pthread_cond_broadcast(&w->wake);
+    }
+    newer(&w->newest_ctime, &newest);
+    pthread_cond_broadcast(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+    free(records.data);
+    free(found.items);
+    return NULL;
+}
+
+static int compare_digests(const void *a, const void *b)
+{
+    return memcmp(a, b, DIR_DIGEST);
+}
+
+/* The walk on up to 4 threads (this one included); the fingerprint into out. */
+static int fingerprint_walk(const char *root, const void *salt, size_t salt_len,
+                            unsigned char *out, struct timespec *newest_ctime)
 {
     struct stat st;
-    path_stack stack = {0};
-    int err = 0;
     if (lstat(root, &st) < 0)
         return errno;
-    if (fp_entry(fp, "", 0, &st) < 0)
-        return EIO;
+    shared_walk w = {.err = 0, .reading = 0, .newest_ctime = st.st_ctim};
+    pthread_mutex_init(&w.lock, NULL);
+    pthread_cond_init(&w.wake, NULL);
+    bytes_buf head = {0};
     char *first = strdup(root);
-    if (!first || stack_push(&stack, first) < 0) {
+    int err = 0;
+    if (!first || stack_push(&w.todo, first) < 0 || fp_record(&head, "", 0, &st) < 0) {
         free(first);
-        return ENOMEM;
+        err = ENOMEM;
     }
-    while (stack.count) {
-        char *path = stack.items[--stack.count];
-        err = fp_directory(fp, path, &stack);
-        free(path);
-        if (err)
-            break;
+    pthread_t threads[3];
+    int started = 0;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    for (long i = 1; !err && i < (cpus < 4 ? cpus : 4); i++)
+        if (pthread_create(&threads[started], NULL, fp_worker, &w) == 0)
+            started++;
+    if (!err)
+        fp_worker(&w);
+    for (int i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    err = err ? err : w.err;
+    while (w.todo.count)
+        free(w.todo.items[--w.todo.count]);
+    free(w.todo.items);
+    if (!err) {
+        qsort(w.digests.data, w.digests.len / DIR_DIGEST, DIR_DIGEST, compare_digests);
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        unsigned int len = 0;
+        if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) ||
+            !EVP_DigestUpdate(ctx, salt, salt_len) ||
+            !EVP_DigestUpdate(ctx, head.data, head.len) ||
+            !EVP_DigestUpdate(ctx, w.digests.data, w.digests.len) ||
+            !EVP_DigestFinal_ex(ctx, out, &len))
+            err = EIO;
+        EVP_MD_CTX_free(ctx);
+        *newest_ctime = w.newest_ctime;
     }
-    while (stack.count)
-        free(stack.items[--stack.count]);
-    free(stack.items);
+    free(head.data);
+    free(w.digests.data);
+    pthread_mutex_destroy(&w.lock);
+    pthread_cond_destroy(&w.wake);
     return err;
 }
 
@@ -189,33 +279,21 @@ PyObject *cfs_py_fingerprint_tree(PyObject *self, PyObject *args)
 {
     const char *root;
     Py_buffer salt;
-    int err = 0;
+    int err;
     unsigned char digest[32];
-    unsigned int digest_len = 0;
+    struct timespec newest = {0, 0};
     if (!PyArg_ParseTuple(args, "yy*:fingerprint_tree", &root, &salt))
         return NULL;
-    fingerprint fp = {EVP_MD_CTX_new(), {0, 0}};
-    if (!fp.ctx) {
-        PyBuffer_Release(&salt);
-        return PyErr_NoMemory();
-    }
     Py_BEGIN_ALLOW_THREADS
-    if (!EVP_DigestInit_ex(fp.ctx, EVP_sha256(), NULL) ||
-        !EVP_DigestUpdate(fp.ctx, salt.buf, (size_t)salt.len))
-        err = EIO;
-    if (!err)
-        err = fingerprint_walk(&fp, root);
-    if (!err && !EVP_DigestFinal_ex(fp.ctx, digest, &digest_len))
-        err = EIO;
+    err = fingerprint_walk(root, salt.buf, (size_t)salt.len, digest, &newest);
     Py_END_ALLOW_THREADS
-    EVP_MD_CTX_free(fp.ctx);
     PyBuffer_Release(&salt);
     if (err) {
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    return Py_BuildValue("(y#Ll)", digest, (Py_ssize_t)digest_len,
-                         (long long)fp.newest_ctime.tv_sec, (long)fp.newest_ctime.tv_nsec);
+    return Py_BuildValue("(y#Ll)", digest, (Py_ssize_t)sizeof digest, (long long)newest.tv_sec,
+                         (long)newest.tv_nsec);
 }
 
 /* ---- directory listing for the tree scan --------------------------------- */
