@@ -21,14 +21,16 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cfsboot import __version__
 from cfsboot.errors import CfsError
 from cfsboot.fsverity import DIGEST_SIZE, fsverity_digest
 from cfsboot.tree.counts import ScanCounts
 from cfsboot.tree.hashcache import HashCache, TreeFingerprint, fingerprint_tree
-from cfsboot.tree.model import Directory, External, Inline, Leaf, Sparse
+
+if TYPE_CHECKING:
+    from cfsboot.tree.model import Directory, Leaf
 
 # bootc's exact refusal (crates/lib/src/bootc_composefs/digest.rs).
 ROOT_REFUSAL = "Cannot operate on active root filesystem; mount separate target instead"
@@ -194,6 +196,8 @@ def source_reader(sources: dict[bytes, str], alg: str) -> Callable[[Leaf], bytes
     a file changed since it was hashed cannot silently produce labels that do
     not match the image.
     """
+    from cfsboot.tree.model import External, Inline, Sparse
+
     def read_file(leaf: Leaf) -> bytes:
         content = leaf.content
         if isinstance(content, Inline):

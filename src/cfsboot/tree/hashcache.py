@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from cfsboot import native
-from cfsboot.atomic import atomic_write_bytes
 from cfsboot.errors import CfsError
 from cfsboot.native import StatLike
 
@@ -175,6 +174,7 @@ class HashCache:
         results.pop(key.hex(), None)
         results[key.hex()] = value
         kept = dict(list(results.items())[-_RESULTS_KEPT:])
+        from cfsboot.atomic import atomic_write_bytes  # (not needed to read the cache)
         try:
             atomic_write_bytes(self.results_path, json.dumps(kept).encode(), 0o600)
         except OSError as e:
@@ -192,6 +192,7 @@ class HashCache:
         for key, digest in items:
             chunks.append(_RECORD.pack(*key))
             chunks.append(digest)
+        from cfsboot.atomic import atomic_write_bytes
         try:
             atomic_write_bytes(self.path, b"".join(chunks), 0o600)
         except OSError as e:
