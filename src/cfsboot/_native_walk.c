@@ -24,6 +24,38 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
+/* ---- reading directories --------------------------------------------------- */
+
+/* The directory at `path` itself (never through a symlink), or NULL and *err. */
+static DIR *open_directory(const char *path, int *err)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *dir = fd < 0 ? NULL : fdopendir(fd);
+    if (!dir) {
+        *err = errno;
+        if (fd >= 0)
+            close(fd);
+    }
+    return dir;
+}
+
+/* The next entry's name other than "." and "..", or NULL at the end (*err
+ * set when reading failed). */
+static const char *next_name(DIR *dir, int *err)
+{
+    for (;;) {
+        errno = 0;
+        struct dirent *entry = readdir(dir);
+        if (!entry) {
+            *err = errno;
+            return NULL;
+        }
+        const char *name = entry->d_name;
+        if (!(name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0))))
+            return name;
+    }
+}
+
 /* ---- tree fingerprint ------------------------------------------------------ */
 
 /* Mirrors cfsboot.tree.hashcache.TreeFingerprint: the same little-endian
@@ -106,19 +138,13 @@ typedef struct {
 static int fp_directory(const char *path, bytes_buf *records, path_stack *found,
                         struct timespec *newest, unsigned char *digest)
 {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return errno;
-    DIR *dir = fdopendir(fd);
-    if (!dir) {
-        int err = errno;
-        close(fd);
+    int err = 0;
+    DIR *dir = open_directory(path, &err);
+    if (!dir)
         return err;
-    }
     size_t path_len = strlen(path);
     int slash = path_len == 0 || path[path_len - 1] != '/';
     records->len = 0;
-    int err = 0;
     if (cfs_buf_reserve(records, 8 + path_len)) {
         closedir(dir);
         return ENOMEM;
@@ -127,16 +153,8 @@ static int fp_directory(const char *path, bytes_buf *records, path_stack *found,
     put_le((unsigned char *)records->data + 4, path_len, 4);
     memcpy(records->data + 8, path, path_len);
     records->len = 8 + path_len;
-    for (;;) {
-        errno = 0;
-        struct dirent *entry = readdir(dir);
-        if (!entry) {
-            err = errno;
-            break;
-        }
-        const char *name = entry->d_name;
-        if (name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0)))
-            continue;
+    const char *name;
+    while ((name = next_name(dir, &err))) {
         struct stat st;
         if (fstatat(dirfd(dir), name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
             err = errno;
@@ -486,32 +504,17 @@ static int list_entry(dir_listing *l, int dfd, const char *dir_path, size_t dir_
 
 static int list_directory_nogil(const char *path, long inline_max, dir_listing *l)
 {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return errno;
-    DIR *dir = fdopendir(fd);
-    if (!dir) {
-        int err = errno;
-        close(fd);
+    int err = 0;
+    DIR *dir = open_directory(path, &err);
+    if (!dir)
         return err;
-    }
     size_t dir_len = strlen(path), full_room = 0;
     char *full = NULL;
-    int err = 0;
-    for (;;) {
-        errno = 0;
-        struct dirent *entry = readdir(dir);
-        if (!entry) {
-            err = errno;
-            break;
-        }
-        const char *name = entry->d_name;
-        if (name[0] == '.' && (name[1] == 0 || (name[1] == '.' && name[2] == 0)))
-            continue;
+    const char *name;
+    while ((name = next_name(dir, &err)))
         if ((err = list_entry(l, dirfd(dir), path, dir_len, name, inline_max, &full,
                               &full_room)))
             break;
-    }
     free(full);
     closedir(dir);
     return err;
