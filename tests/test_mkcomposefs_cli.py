@@ -158,3 +158,100 @@ def test_negative_mtime_round_trips(tmp_path: Path, capsys: pytest.CaptureFixtur
     capsys.readouterr()
     assert main(["composefs-info", "dump", str(tmp_path / "out.cfs")]) == 0
     assert capsys.readouterr().out.encode() == dump
+
+
+# ---- IMAGE inside SOURCE (C mode): C creates/truncates IMAGE before its scan ----
+
+def _populate(src: Path) -> None:
+    (src / "sub").mkdir(parents=True)
+    (src / "hello").write_bytes(b"hello\n")
+    (src / "sub" / "big").write_bytes(bytes(range(256)) * 40)
+    (src / "sub" / "link").symlink_to("../hello")
+
+
+def _dump(image: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    assert main(["composefs-info", "dump", str(image)]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.fixture
+def oracle_work() -> Any:
+    """A scratch directory inside the C oracle's chroot (skips without it)."""
+    from test_c_oracle import ORACLE, need_oracle
+    need_oracle()
+    import shutil
+    import tempfile
+    work = Path(tempfile.mkdtemp(dir=ORACLE / "tmp", prefix="cfsboot-cli-"))
+    try:
+        yield work, "/" + str(work.relative_to(ORACLE))
+    finally:
+        shutil.rmtree(work)
+
+
+@pytest.mark.parametrize("where", ["out.cfs", "sub/out.cfs"])
+def test_new_image_inside_source_matches_c(where: str, oracle_work: Any) -> None:
+    from test_c_oracle import c_mkcomposefs
+    work, inside = oracle_work
+    src = work / "src"
+    _populate(src)
+    c_mkcomposefs(["--use-epoch", f"{inside}/src", f"{inside}/src/{where}"])
+    c_image = (src / where).read_bytes()
+    (src / where).unlink()
+    assert main(["mkcomposefs", "--use-epoch", str(src), str(src / where)]) == 0
+    assert (src / where).read_bytes() == c_image
+    assert sorted(p.name for p in (src / where).parent.iterdir()
+                  if p.name.startswith(".")) == []  # no temporary file left
+
+
+def test_existing_image_inside_source_matches_c(oracle_work: Any) -> None:
+    from test_c_oracle import c_mkcomposefs
+    work, inside = oracle_work
+    src = work / "src"
+    _populate(src)
+    old = b"an older image\n" * 300
+    (src / "out.cfs").write_bytes(old)
+    (src / "out.cfs").chmod(0o600)
+    c_mkcomposefs(["--use-epoch", f"{inside}/src", f"{inside}/src/out.cfs"])
+    c_image = (src / "out.cfs").read_bytes()
+    (src / "out.cfs").write_bytes(old)  # as it was before C truncated it
+    assert main(["mkcomposefs", "--use-epoch", str(src), str(src / "out.cfs")]) == 0
+    assert (src / "out.cfs").read_bytes() == c_image
+    assert (src / "out.cfs").stat().st_mode & 0o777 == 0o600
+
+
+def test_image_inside_source_is_empty_entry(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the oracle: the image lists itself as an empty file, new or existing."""
+    src = tmp_path / "src"
+    _populate(src)
+    for _ in range(2):  # first a new IMAGE, then the existing one
+        assert main(["mkcomposefs", str(src), str(src / "out.cfs")]) == 0
+        lines = _dump(src / "out.cfs", capsys).splitlines()
+        entry = next(line for line in lines if line.startswith("/out.cfs "))
+        assert entry.split()[1:3] == ["0", "100644"] and entry.split()[8:11] == ["-"] * 3
+        assert len(lines) == 6  # /, hello, out.cfs, sub, sub/big, sub/link
+    # --format (composefs-rs semantics) does not have the quirk
+    (src / "out.cfs").unlink()
+    assert main(["mkcomposefs", "--format", "1", str(src), str(src / "out.cfs")]) == 0
+    assert not any(line.startswith("/out.cfs ")
+                   for line in _dump(src / "out.cfs", capsys).splitlines())
+
+
+def test_image_inside_source_failure_leaves_nothing(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from cfsboot.errors import CfsError
+
+    def fail(*_args: Any, **_kwargs: Any) -> bytes:
+        raise CfsError("simulated failure")
+    monkeypatch.setattr("cfsboot.cli.mkcomposefs.mkfs_erofs", fail)
+    src = tmp_path / "src"
+    _populate(src)
+    before = sorted(p.name for p in src.iterdir())
+    assert main(["mkcomposefs", str(src), str(src / "out.cfs")]) == 1
+    assert sorted(p.name for p in src.iterdir()) == before  # the empty IMAGE is gone
+    (src / "out.cfs").write_bytes(b"old")
+    assert main(["mkcomposefs", str(src), str(src / "out.cfs")]) == 1
+    assert (src / "out.cfs").read_bytes() == b"old"  # never truncated
+    assert "simulated failure" in capsys.readouterr().err

@@ -5,13 +5,20 @@ are parsed with C semantics, the version is chosen from ``--min-version`` /
 ``--max-version`` with C's automatic bump, object ids are SHA-256 and a
 directory is scanned the way C does (all xattrs, hard links not detected).
 ``--format N`` (and/or ``--hash``) selects composefs-rs semantics instead.
+
+C opens (creates or truncates) IMAGE before it scans SOURCE, so an IMAGE
+inside a SOURCE directory is in its own image, as an empty file.  We match
+that without giving up the atomic write: see ``OutputInSource``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import stat
 import sys
+import time
 from dataclasses import dataclass
 
 from cfsboot.atomic import atomic_write_bytes
@@ -21,7 +28,7 @@ from cfsboot.fsverity import fsverity_digest
 from cfsboot.inputs import read_input
 from cfsboot.tree.digest_store import FlatDigestStore
 from cfsboot.tree.dumpfile import parse_dumpfile
-from cfsboot.tree.model import BlockDevice, CharDevice, Directory, walk
+from cfsboot.tree.model import BlockDevice, CharDevice, Directory, Inline, Leaf, walk
 from cfsboot.tree.scan import ScanOptions, scan_directory
 
 # C mkcomposefs defaults (LCFS_DEFAULT_VERSION_MIN/MAX).
@@ -105,22 +112,91 @@ def run(args: argparse.Namespace) -> int:
     if not args.source:
         raise CfsError("empty source path")
 
-    root = load_source(args, mode)
-    if not args.from_file:  # as C: the LCFS_BUILD_* flags only shape a directory scan
-        apply_build_flags(root, use_epoch=args.use_epoch, skip_devices=args.skip_devices,
-                          skip_xattrs=args.skip_xattrs, user_xattrs=args.user_xattrs)
-    version = (c_effective_version(root, mode.min_version, mode.max_version)
-               if mode.c_compat else mode.min_version)
-    image = mkfs_erofs(root, version, c_compat=mode.c_compat)
+    in_source = None
+    if (mode.c_compat and not args.from_file and args.image not in (None, "-")
+            and os.path.isdir(args.source)):
+        in_source = OutputInSource.prepare(args.source, args.image)
+    try:
+        root = load_source(args, mode)
+        if in_source is not None:
+            in_source.show_empty(root)
+        if not args.from_file:  # as C: the LCFS_BUILD_* flags only shape a directory scan
+            apply_build_flags(root, use_epoch=args.use_epoch, skip_devices=args.skip_devices,
+                              skip_xattrs=args.skip_xattrs, user_xattrs=args.user_xattrs)
+        version = (c_effective_version(root, mode.min_version, mode.max_version)
+                   if mode.c_compat else mode.min_version)
+        image = mkfs_erofs(root, version, c_compat=mode.c_compat)
 
-    if args.image == "-":
-        sys.stdout.buffer.write(image)
-        sys.stdout.buffer.flush()
-    elif args.image is not None:
-        atomic_write_bytes(args.image, image)
+        if args.image == "-":
+            sys.stdout.buffer.write(image)
+            sys.stdout.buffer.flush()
+        elif args.image is not None:
+            atomic_write_bytes(args.image, image)
+    except BaseException:
+        if in_source is not None:
+            in_source.discard()
+        raise
     if args.print_digest or args.print_digest_only:
         print(fsverity_digest(image, mode.hash_alg).hex())
     return 0
+
+
+@dataclass
+class OutputInSource:
+    """An IMAGE that lies inside the SOURCE directory, in C mode.
+
+    C mkcomposefs opens IMAGE with ``O_CREAT|O_TRUNC`` before scanning, so
+    its image holds IMAGE as an empty regular file: a new one (0666 less the
+    umask, ours, its creation also the parent directory's mtime) or the
+    existing one truncated (its own mode, owner and xattrs; mtime: when it
+    was truncated).  We write IMAGE atomically instead, so:
+
+    * a new IMAGE: ``prepare`` creates it empty, exactly as C would, before
+      the scan; the image is then written to a temporary name (after the
+      scan, so that is not in it) and renamed over it.  On failure the empty
+      file is removed again (C would leave it behind).
+    * an existing IMAGE is never truncated (on failure it must stay whole):
+      ``show_empty`` makes its scanned entry empty, as C would have seen it.
+    """
+    path: str            # IMAGE, symlinks resolved
+    relative: bytes      # its path inside SOURCE
+    created: tuple[int, int] | None  # (st_dev, st_ino) of the empty file we made
+    opened_ns: int       # when C would have truncated it
+
+    @classmethod
+    def prepare(cls, source: str, image: str) -> OutputInSource | None:
+        path = os.path.realpath(image)
+        relative = os.path.relpath(path, os.path.realpath(source))
+        if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
+            return None
+        try:
+            existing = os.stat(path)
+        except FileNotFoundError:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            return cls(path, os.fsencode(relative), (st.st_dev, st.st_ino), time.time_ns())
+        if not stat.S_ISREG(existing.st_mode):
+            return None  # a device or fifo: C and atomic_open both write through it
+        return cls(path, os.fsencode(relative), None, time.time_ns())
+
+    def show_empty(self, root: Directory) -> None:
+        """An existing IMAGE's entry as C sees it: the file truncated."""
+        node = root.get_path(self.relative)
+        if self.created is None and isinstance(node, Leaf):
+            node.content = Inline(b"")
+            node.stat.mtime_sec, node.stat.mtime_nsec = divmod(self.opened_ns, 10**9)
+
+    def discard(self) -> None:
+        """Remove the empty IMAGE ``prepare`` made, if it is still there."""
+        if self.created is None:
+            return
+        with contextlib.suppress(OSError):
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self.created and st.st_size == 0:
+                os.unlink(self.path)
 
 
 def load_source(args: argparse.Namespace, mode: Mode) -> Directory:

@@ -3,8 +3,6 @@ and the numeric field parsers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from cfsboot.errors import CfsError
 
 U32_MAX = 2**32 - 1
@@ -27,17 +25,16 @@ class LineError(Exception):
     """Raised inside a parser with the reason only; the line loop adds ``line N:``."""
 
 
-def numbered_lines(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
-    """(1-based line number, line without its ``\\n``, terminated?) for each line.
+def split_lines(data: bytes) -> tuple[list[bytes], int]:
+    """(lines without their ``\\n``, how many of them were terminated).
 
-    A final newline does not start an extra (empty) line."""
+    A final newline does not start an extra (empty) line.  Line N is
+    ``lines[N - 1]``."""
     lines = data.split(b"\n")
-    last = lines.pop()
-    n = 0
-    for n, line in enumerate(lines, 1):
-        yield n, line, True
-    if last:
-        yield n + 1, last, False
+    terminated = len(lines) - 1
+    if not lines[-1]:
+        lines.pop()
+    return lines, terminated
 
 
 def parse_dec(field: bytes, limit: int, what: str) -> int:
@@ -69,25 +66,42 @@ def parse_oct(field: bytes, limit: int, what: str) -> int:
     return value
 
 
-def fixed_numbers(fields: list[bytes], small_max: int) -> tuple[int, int, int, int, int, int, int]:
+# Memos live for one parse and hold only fields that parsed without error, so
+# a hit is exactly what parsing the field again would give.  They are bounded
+# so that a dumpfile of all-different values cannot make them grow with it.
+MEMO_MAX = 4096
+
+
+def fixed_numbers(fields: list[bytes], small_max: int,
+                  memo: dict[bytes, int]) -> tuple[int, int, int, int, int, int, int]:
     """(size, nlink, uid, gid, rdev, mtime_sec, mtime_nsec) of a full line.
 
-    NLINK/UID/GID must fit ``small_max``.  One call with a fast path for plain
-    digits, because this runs for every line."""
+    NLINK/UID/GID must fit ``small_max``.  This runs for every line: NLINK,
+    UID, GID and RDEV (a handful of distinct values in a whole dumpfile) come
+    from ``memo``, SIZE and MTIME take a fast path for plain digits, and
+    anything else goes through the field parsers that name the error."""
     size_f, _, nlink_f, uid_f, gid_f, rdev_f, mtime_f = fields[1:8]
+    nlink = memo.get(nlink_f)
+    uid = memo.get(uid_f)
+    gid = memo.get(gid_f)
+    rdev = memo.get(rdev_f)
     sec_f, _, nsec_f = mtime_f.partition(b".")
-    if (size_f.isdigit() and nlink_f.isdigit() and uid_f.isdigit() and gid_f.isdigit()
-            and rdev_f.isdigit() and sec_f.isdigit() and nsec_f.isdigit()):
-        size, nlink, uid, gid = int(size_f), int(nlink_f), int(uid_f), int(gid_f)
-        rdev, sec, nsec = int(rdev_f), int(sec_f), int(nsec_f)
-        if (size <= U64_MAX and nlink <= small_max and uid <= small_max and gid <= small_max
-                and rdev <= U64_MAX and sec < 2**63 and nsec < 10**9):
+    if (nlink is not None and uid is not None and gid is not None and rdev is not None
+            and size_f.isdigit() and sec_f.isdigit() and nsec_f.isdigit()):
+        size, sec, nsec = int(size_f), int(sec_f), int(nsec_f)
+        if size <= U64_MAX and sec < 2**63 and nsec < 10**9:
             return size, nlink, uid, gid, rdev, sec, nsec
-    # Slow path: '+' signs, wrapping seconds, or an error to report.
+    # Slow path: new values, '+' signs, wrapping seconds, or an error to
+    # report (in this order of fields, the first bad one).
     sec, nsec = parse_mtime(mtime_f)
-    return (parse_dec(size_f, U64_MAX, "size"), parse_dec(nlink_f, small_max, "nlink"),
-            parse_dec(uid_f, small_max, "uid"), parse_dec(gid_f, small_max, "gid"),
-            parse_dec(rdev_f, U64_MAX, "rdev"), sec, nsec)
+    numbers = (parse_dec(size_f, U64_MAX, "size"), parse_dec(nlink_f, small_max, "nlink"),
+               parse_dec(uid_f, small_max, "uid"), parse_dec(gid_f, small_max, "gid"),
+               parse_dec(rdev_f, U64_MAX, "rdev"), sec, nsec)
+    if len(memo) < MEMO_MAX:
+        memo[nlink_f], memo[uid_f], memo[gid_f] = numbers[1:4]
+        if numbers[4] <= small_max:  # one memo for all four: keep it valid for each
+            memo[rdev_f] = numbers[4]
+    return numbers
 
 
 def parse_mtime(field: bytes) -> tuple[int, int]:

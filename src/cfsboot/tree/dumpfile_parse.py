@@ -12,6 +12,11 @@ Quirks kept on purpose (they are what composefs-rs does):
   map that is never pruned, exactly like composefs-rs's ``hardlinks`` map;
 * the root line's type is not checked; a hard-link root line gives a zero stat;
 * duplicate xattr keys: entries are sorted by (key, value), the last one wins.
+
+Speed: most lines of a real dumpfile are alike, so ``_RsBuilder._add_common``
+takes them the short way (modes, small numbers and xattr sets memoised from
+earlier lines, no per-field function calls) and gives every other line, and
+every line with an error, to the general code, which names the error.
 """
 
 from __future__ import annotations
@@ -21,21 +26,27 @@ import re
 from cfsboot.tree.dumpfile_base import (
     CONTENT,
     DIGEST,
+    GID,
     MAX_CHUNKED_SIZE,
+    MEMO_MAX,
     MODE,
+    MTIME,
     N_FIXED,
+    NLINK,
     PATH,
     PAYLOAD,
+    RDEV,
     SIZE,
     U32_MAX,
     U64_MAX,
+    UID,
     DumpfileError,
     LineError,
     fixed_numbers,
-    numbered_lines,
     parse_dec,
     parse_oct,
     show,
+    split_lines,
 )
 from cfsboot.tree.escape import EscapeError, unescape
 from cfsboot.tree.model import (
@@ -89,11 +100,11 @@ def unescape_path(field: bytes) -> bytes:
     return p
 
 
-# A line with all 11 fields, plain digits, no '@' and a path without escapes
-# (the common case): one regex does the splitting and the digit checks.
-_PLAIN_LINE = re.compile(
-    rb"(/[^ \\\0]*) ([0-9]{1,20}) ([0-7]{1,11}) ([0-9]{1,10}) ([0-9]{1,10}) ([0-9]{1,10}) "
-    rb"([0-9]{1,20}) ([0-9]{1,19})\.([0-9]{1,9}) [^ ]* [^ ]* [^ ]*(?: .*)?", re.S)
+# An (unescaped) canonical absolute path other than "/" without NUL bytes
+# (the fast path asks this only of paths with a component starting with ".").
+_CANONICAL = re.compile(rb"(?:/(?!\.\.?(?:/|\Z))[^/\0]+)+", re.S).fullmatch
+# A non-empty PAYLOAD without escapes or NUL bytes, at most PATH_MAX long.
+_PLAIN_TARGET = re.compile(rb"[^\\\0]{1,%d}" % PATH_MAX).fullmatch
 
 
 def _is_canonical(p: bytes) -> bool:
@@ -153,29 +164,17 @@ class _RsBuilder:
         self.leaves_by_path: dict[bytes, Leaf] = {}   # composefs-rs ``hardlinks``
         self.leaf_line: dict[Leaf, int] = {}
         self.replaced = False
-        self.linked = False
+        self.extra_links: dict[Leaf, int] = {}  # hard-link lines naming each leaf
         self.digest_size: int | None = None
+        # Per-parse memos of fields that repeat (see dumpfile_base.MEMO_MAX).
+        self.modes: dict[bytes, int] = {}
+        self.numbers: dict[bytes, int] = {}
+        self.xattrs: dict[bytes, dict[bytes, bytes]] = {}
 
     # -- one line -----------------------------------------------------------
 
-    def add_line(self, line: bytes, lineno: int) -> None:
-        m = _PLAIN_LINE.fullmatch(line)
-        if m is not None:  # fast path; anything unusual takes the general one below
-            path, size_f, mode_f, nlink_f, uid_f, gid_f, rdev_f, sec_f, nsec_f = m.groups()
-            size, mode, nlink = int(size_f), int(mode_f, 8), int(nlink_f)
-            uid, gid, rdev = int(uid_f), int(gid_f), int(rdev_f)
-            sec, nsec = int(sec_f), int(nsec_f)
-            if (size <= U64_MAX and mode <= U32_MAX and nlink <= U32_MAX and uid <= U32_MAX
-                    and gid <= U32_MAX and rdev <= U64_MAX and sec < 2**63 and nsec < 10**9
-                    and len(path) <= PATH_MAX and _is_canonical(path)
-                    and self.root is not None and path != b"/"):
-                fields = line[m.end(9) + 1:].split(b" ")
-                xattrs = parse_xattrs(fields[3:]) if len(fields) > 3 else {}
-                stat = Stat(mode & 0o7777, uid, gid, sec, nsec, xattrs)
-                self._add(path, self._node(mode & S_IFMT, stat, fields, size, nlink, rdev,
-                                           -PAYLOAD), lineno)
-                return
-        fields = line.split(b" ")
+    def add_line(self, fields: list[bytes], lineno: int) -> None:
+        """Add a (non-blank) line, split on spaces, that ``_add_common`` declined."""
         path = canonical_path(fields[PATH])
         if len(fields) <= MODE:
             raise LineError(f"missing {_FIELD_NAMES[len(fields)]} field")
@@ -186,11 +185,12 @@ class _RsBuilder:
             self._hardlink(path, parse_oct(modeval[at + 1:], U32_MAX, "mode"), fields)
             return
         mode = parse_oct(modeval, U32_MAX, "mode")
+        if len(self.modes) < MEMO_MAX:
+            self.modes[modeval] = mode
         if len(fields) < N_FIXED:
             raise LineError(f"missing {_FIELD_NAMES[len(fields)]} field")
-        size, nlink, uid, gid, rdev, sec, nsec = fixed_numbers(fields, U32_MAX)
-        xattrs = parse_xattrs(fields[N_FIXED:]) if len(fields) > N_FIXED else {}
-        stat = Stat(mode & 0o7777, uid, gid, sec, nsec, xattrs)
+        size, nlink, uid, gid, rdev, sec, nsec = fixed_numbers(fields, U32_MAX, self.numbers)
+        stat = Stat(mode & 0o7777, uid, gid, sec, nsec, self._xattrs(fields))
         node = self._node(mode & S_IFMT, stat, fields, size, nlink, rdev)
         if self.root is None:
             self._set_root(path, stat)
@@ -199,6 +199,111 @@ class _RsBuilder:
             self.root.stat = stat
             return
         self._add(path, node, lineno)
+
+    def _add_common(self, fields: list[bytes], lineno: int) -> bool:
+        """Add the common kind of line the short way: a full entry (directory,
+        symlink, inline or external file with a DIGEST of the size seen
+        before), new in an existing directory, under a plain canonical path,
+        with a mode, NLINK, UID, GID and xattrs that earlier lines had.
+
+        False, having changed nothing, for any other line, which the general
+        code then takes.  Where this returns True the general code would
+        have built the same node and raised nothing: the memos only hold
+        values it produced, and every test here is one it makes too."""
+        if len(fields) < N_FIXED or self.root is None:
+            return False
+        path = fields[PATH]
+        mode = self.modes.get(fields[MODE])
+        numbers = self.numbers
+        uid = numbers.get(fields[UID])
+        gid = numbers.get(fields[GID])
+        size_f = fields[SIZE]
+        sec_f, _, nsec_f = fields[MTIME].partition(b".")
+        if (mode is None or uid is None or gid is None or fields[RDEV] != b"0"
+                or fields[NLINK] not in numbers or not size_f.isdigit()
+                or not sec_f.isdigit() or not nsec_f.isdigit()):
+            return False
+        size, sec, nsec = int(size_f), int(sec_f), int(nsec_f)
+        if size > MAX_CHUNKED_SIZE or sec >= 2**63 or nsec >= 10**9:
+            return False
+        if b"\\" in path:
+            try:
+                path = unescape(path)
+            except EscapeError:
+                return False
+        if (path[:1] != b"/" or b"//" in path or path[-1:] == b"/" or b"\0" in path
+                or len(path) > PATH_MAX or (b"/." in path and _CANONICAL(path) is None)):
+            return False
+        if len(fields) == N_FIXED:
+            xattrs = {}
+        else:
+            memo = self.xattrs.get(fields[N_FIXED] if len(fields) == N_FIXED + 1
+                                   else b" ".join(fields[N_FIXED:]))
+            if memo is None:
+                return False
+            xattrs = memo.copy()  # a fresh dict: trees are edited in place
+        payload = fields[PAYLOAD]
+        content = fields[CONTENT]
+        digest = fields[DIGEST]
+        ftype = mode & S_IFMT
+        node: Directory | Leaf
+        if ftype == S_IFREG and payload != b"-":
+            if _PLAIN_TARGET(payload) is None or len(digest) != 2 * (self.digest_size or 0):
+                return False
+            try:  # with the length check: exactly the hex digits _HEX_DIGEST takes
+                raw = bytes.fromhex(digest.decode())
+            except ValueError:
+                return False
+            if len(raw) != self.digest_size:
+                return False
+            hexd = digest.lower()
+            node = Leaf(Stat(mode & 0o7777, uid, gid, sec, nsec, xattrs),
+                        External(size, hexd[:2] + b"/" + hexd[2:], raw))
+        elif ftype == S_IFREG:
+            if digest != b"-":
+                return False
+            try:
+                data = b"" if content == b"-" else unescape(content)
+            except EscapeError:
+                return False
+            if len(data) > MAX_INLINE_CONTENT or (size and not data):
+                return False
+            node = Leaf(Stat(mode & 0o7777, uid, gid, sec, nsec, xattrs), Inline(data))
+        elif content != b"-" or digest != b"-":
+            return False
+        elif ftype == S_IFDIR:
+            node = Directory(Stat(mode & 0o7777, uid, gid, sec, nsec, xattrs))
+        elif ftype == S_IFLNK:
+            if (payload == b"-" or len(payload) > SYMLINK_MAX
+                    or _PLAIN_TARGET(payload) is None):
+                return False
+            node = Leaf(Stat(mode & 0o7777, uid, gid, sec, nsec, xattrs), Symlink(payload))
+        else:
+            return False
+        parent_path, _, name = path.rpartition(b"/")
+        parent = self.dirs.get(parent_path or b"/")
+        if parent is None or name in parent.entries:
+            return False
+        parent.entries[name] = node
+        if isinstance(node, Directory):
+            self.dirs[path] = node
+        else:
+            self.leaves_by_path[path] = node
+            self.leaf_line[node] = lineno
+        return True
+
+    def _xattrs(self, fields: list[bytes]) -> dict[bytes, bytes]:
+        """The xattrs of a full line (a fresh dict: trees are edited in place)."""
+        if len(fields) == N_FIXED:
+            return {}
+        tokens = fields[N_FIXED:]
+        key = tokens[0] if len(tokens) == 1 else b" ".join(tokens)
+        xattrs = self.xattrs.get(key)
+        if xattrs is None:
+            xattrs = parse_xattrs(tokens)
+            if len(self.xattrs) < MEMO_MAX:
+                self.xattrs[key] = xattrs
+        return xattrs.copy()
 
     def _add(self, path: bytes, node: Directory | Leaf, lineno: int) -> None:
         if isinstance(node, Leaf):
@@ -221,7 +326,7 @@ class _RsBuilder:
         leaf = self.leaves_by_path.get(target)
         if leaf is None:
             raise LineError(f"hard-link target '{show(target)}' is not a file on an earlier line")
-        self.linked = True
+        self.extra_links[leaf] = self.extra_links.get(leaf, 0) + 1
         self.leaves_by_path[path] = leaf
         self._insert(path, leaf)
 
@@ -259,11 +364,10 @@ class _RsBuilder:
     # -- the entry's content --------------------------------------------------
 
     def _node(self, ftype: int, stat: Stat, fields: list[bytes], size: int, nlink: int,
-              rdev: int, shift: int = 0) -> Directory | Leaf:
-        """The entry's node; ``fields[PAYLOAD + shift]`` is the PAYLOAD field."""
-        payload = fields[PAYLOAD + shift]
-        content = fields[CONTENT + shift]
-        digest = fields[DIGEST + shift]
+              rdev: int) -> Directory | Leaf:
+        payload = fields[PAYLOAD]
+        content = fields[CONTENT]
+        digest = fields[DIGEST]
         if ftype == S_IFREG:
             _no_rdev(rdev)
             return Leaf(stat, self._regular(size, payload, content, digest))
@@ -341,7 +445,18 @@ class _RsBuilder:
     def finish(self, last_line: int) -> Directory:
         if self.root is None:
             raise DumpfileError(f"line {last_line}: empty dumpfile (no root line '/')")
-        if self.replaced or self.linked:
+        if not self.replaced:
+            # Every leaf is in the tree once per line naming it, so only hard
+            # links can give a whiteout more than one link; report the first
+            # such line, as the full check below would.
+            linked_whiteouts = [(self.leaf_line[leaf], extra + 1)
+                                for leaf, extra in self.extra_links.items()
+                                if is_whiteout(leaf.content)]
+            if linked_whiteouts:
+                lineno, n = min(linked_whiteouts)
+                raise DumpfileError(
+                    f"line {lineno}: whiteout (character device 0/0) with {n} links")
+        else:
             counts = leaf_link_counts(self.root)
             for leaf, lineno in self.leaf_line.items():
                 n = counts.get(leaf, 0)
@@ -353,6 +468,10 @@ class _RsBuilder:
                     raise DumpfileError(
                         f"line {lineno}: whiteout (character device 0/0) with {n} links")
         return self.root
+
+
+# What a blank line (skipped, as composefs-rs does) starts with; b"" is in it too.
+_BLANK_START = b" \t\r\x0b\x0c"
 
 
 def _no_rdev(rdev: int) -> None:
@@ -373,14 +492,19 @@ def parse_rs(data: bytes) -> Directory:
         lineno = data.count(b"\n", 0, e.start) + 1
         raise DumpfileError(f"line {lineno}: not valid UTF-8") from None
     builder = _RsBuilder()
-    lineno = 1
-    for lineno, line, terminated in numbered_lines(data):
-        if terminated and line[-1:] == b"\r":
-            line = line[:-1]
-        if not line.strip():
-            continue
-        try:
-            builder.add_line(line, lineno)
-        except (LineError, EscapeError) as e:
-            raise DumpfileError(f"line {lineno}: {e}") from None
-    return builder.finish(lineno)
+    add_common, add_line = builder._add_common, builder.add_line
+    lines, terminated = split_lines(data)
+    lineno = 0
+    try:
+        for lineno, line in enumerate(lines, 1):
+            if line[-1:] == b"\r" and lineno <= terminated:
+                line = line[:-1]
+            fields = line.split(b" ")
+            if add_common(fields, lineno):
+                continue
+            if line[:1] in _BLANK_START and not line.strip():
+                continue
+            add_line(fields, lineno)
+    except (LineError, EscapeError) as e:
+        raise DumpfileError(f"line {lineno}: {e}") from None
+    return builder.finish(max(lineno, 1))

@@ -67,6 +67,10 @@ above 2**53 are rejected even where C's chunk count overflows (SIZE near
 
 The SIZE of devices, fifos and sockets, which C keeps and only uses to choose
 an extended inode when it exceeds 4 GiB, goes to ``Leaf.c_size``.
+
+Speed: as in the composefs-rs parser, ``_CBuilder._add_common`` takes the
+common lines the short way and leaves the rest, errors included, to the
+general code.
 """
 
 from __future__ import annotations
@@ -76,18 +80,25 @@ import re
 from cfsboot.tree.dumpfile_base import (
     CONTENT,
     DIGEST,
+    GID,
     MAX_CHUNKED_SIZE,
+    MEMO_MAX,
     MODE,
+    MTIME,
     N_FIXED,
+    NLINK,
     PAYLOAD,
+    RDEV,
+    SIZE,
     U32_MAX,
     U64_MAX,
+    UID,
     DumpfileError,
     LineError,
     fixed_numbers,
-    numbered_lines,
     parse_oct,
     show,
+    split_lines,
 )
 from cfsboot.tree.escape import EscapeError, unescape, unescape_optional
 from cfsboot.tree.model import (
@@ -157,24 +168,38 @@ class _CBuilder:
         self.nodes: dict[bytes, Directory | Leaf] = {}
         # Hard-link lines get a placeholder Leaf in the tree until resolved.
         self.links: dict[Leaf, _HardLink] = {}
+        # Per-parse memos of fields that repeat (see dumpfile_base.MEMO_MAX).
+        self.modes: dict[bytes, tuple[int, bool]] = {}
+        self.numbers: dict[bytes, int] = {}
+        self.xattrs: dict[bytes, dict[bytes, bytes]] = {}
 
     def add_line(self, line: bytes, lineno: int) -> None:
         nul = line.find(b"\0")
         if nul >= 0:
             raise LineError(f"embedded NUL character at position {nul}")
         fields = line.split(b" ", N_FIXED)
+        if self._add_common(fields):
+            return
         xattr_part = fields[N_FIXED] if len(fields) > N_FIXED else b""
         if len(fields) < N_FIXED:
             fields += [b""] * (N_FIXED - len(fields))
-        path = _cstr(unescape(fields[0]))
+        path = fields[0]
+        if b"\\" in path:
+            path = _cstr(unescape(path))
         if not path:
             raise LineError("empty path")
         modeval = fields[MODE]
-        is_link = modeval[:1] == b"@"
-        mode = parse_oct(modeval[1:] if is_link else modeval, U64_MAX, "mode") & U32_MAX
+        known = self.modes.get(modeval)
+        if known is None:
+            is_link = modeval[:1] == b"@"
+            mode = parse_oct(modeval[1:] if is_link else modeval, U64_MAX, "mode") & U32_MAX
+            if mode & S_IFMT not in _TYPES:
+                raise LineError(f"invalid mode {mode:o}")
+            if len(self.modes) < MEMO_MAX:
+                self.modes[modeval] = (mode, is_link)
+        else:
+            mode, is_link = known
         ftype = mode & S_IFMT
-        if ftype not in _TYPES:
-            raise LineError(f"invalid mode {mode:o}")
         if path == b"/":
             if ftype != S_IFDIR:
                 raise LineError("the root must be a directory")
@@ -201,13 +226,103 @@ class _CBuilder:
         else:
             self._add(parent, name, key, node)
 
+    def _add_common(self, fields: list[bytes]) -> bool:
+        """Add the common kind of line the short way: a full entry (directory,
+        symlink or regular file, RDEV 0) new in an existing directory, under
+        an absolute path without ``//``, with a mode, NLINK, UID, GID and
+        xattrs that earlier lines had.
+
+        False, having changed nothing, for any other line, which the general
+        code then takes.  Where this returns True the general code would
+        have built the same node and raised nothing: the memos only hold
+        values it produced, and every test here is one it makes too."""
+        if len(fields) < N_FIXED or self.root is None:
+            return False
+        known = self.modes.get(fields[MODE])
+        numbers = self.numbers
+        nlink = numbers.get(fields[NLINK])
+        uid = numbers.get(fields[UID])
+        gid = numbers.get(fields[GID])
+        size_f = fields[SIZE]
+        sec_f, _, nsec_f = fields[MTIME].partition(b".")
+        if (known is None or known[1] or nlink is None or uid is None or gid is None
+                or fields[RDEV] != b"0" or not size_f.isdigit() or not sec_f.isdigit()
+                or not nsec_f.isdigit()):
+            return False
+        size, sec, nsec = int(size_f), int(sec_f), int(nsec_f)
+        if size > MAX_CHUNKED_SIZE or sec >= 2**63 or nsec >= 10**9:
+            return False
+        try:
+            path = fields[0]
+            if b"\\" in path:
+                path = _cstr(unescape(path))
+            slash = path.rfind(b"/")
+            name = path[slash + 1:]
+            parent = self.nodes.get(path[1:slash])
+            if (path[:1] != b"/" or b"//" in path or not isinstance(parent, Directory)
+                    or not name or name == b"." or name == b".." or len(name) > NAME_MAX
+                    or name in parent.entries):
+                return False
+            xattrs: dict[bytes, bytes] = {}
+            if len(fields) > N_FIXED and fields[N_FIXED]:
+                memo = self.xattrs.get(fields[N_FIXED])
+                if memo is None:
+                    return False
+                xattrs = memo.copy()  # a fresh dict: trees are edited in place
+            # (The line has no NUL: only an escape can make one.)
+            payload_f, content_f, digest_f = fields[PAYLOAD], fields[CONTENT], fields[DIGEST]
+            payload = (None if payload_f == b"-" else payload_f if b"\\" not in payload_f
+                       else _cstr(unescape(payload_f)))
+            content = (None if content_f == b"-" else content_f if b"\\" not in content_f
+                       else unescape(content_f))
+            digest = (None if digest_f == b"-" else digest_f if b"\\" not in digest_f
+                      else unescape(digest_f))
+            if content is not None and len(content) != size:
+                return False
+            mode = known[0]
+            ftype = mode & S_IFMT
+            stat = Stat(mode & 0o7777, uid & U32_MAX, gid & U32_MAX, sec, nsec, xattrs)
+            node: Directory | Leaf
+            if ftype == S_IFLNK:
+                if (not payload or len(payload) >= PATH_MAX
+                        or (self.strict and (size != len(payload) or content))):
+                    return False
+                node = Leaf(stat, Symlink(payload), nlink=nlink & U32_MAX)
+            elif ((payload is not None and len(payload) >= PATH_MAX)
+                  or (content is not None and len(content) > INLINE_CONTENT_MAX)):
+                return False
+            elif ftype == S_IFDIR:
+                node = Directory(stat)
+            elif ftype == S_IFREG:
+                leaf: LeafContent
+                if content is None and size and payload and digest and len(digest) >= 64:
+                    # What _regular makes of the usual external file, where
+                    # 32 bytes from 64 hex digits is _HEX64's test.
+                    raw = bytes.fromhex(digest[:64].decode())
+                    if len(raw) != 32:
+                        return False
+                    leaf = External(size, payload, raw)
+                else:
+                    leaf = _regular(size, payload, content, digest)
+                node = Leaf(stat, leaf, nlink=nlink & U32_MAX)
+            else:
+                return False
+        except (LineError, EscapeError, ValueError):  # ValueError: from bytes.fromhex
+            return False
+        parent.entries[name] = node
+        self.nodes[path[1:]] = node
+        return True
+
     def _place(self, path: bytes) -> tuple[Directory, bytes, bytes]:
         """Parent directory, name and lookup key of a new non-root path."""
         if self.root is None:
             raise LineError("the first line must be the root directory '/'")
         slash = path.rfind(b"/")
         name = path[slash + 1:]
-        parent_key = _key(path[:slash]) if slash >= 0 else b""
+        if path[:1] == b"/" and b"//" not in path:
+            parent_key = path[1:slash]  # what _key gives, the common case
+        else:
+            parent_key = _key(path[:slash]) if slash >= 0 else b""
         parent = self.nodes.get(parent_key)
         if parent is None:
             raise LineError(f"parent directory missing for '{show(path)}'")
@@ -229,7 +344,7 @@ class _CBuilder:
 
     def _node(self, ftype: int, mode: int, fields: list[bytes],
               xattr_part: bytes) -> Directory | Leaf:
-        size, nlink, uid, gid, rdev, sec, nsec = fixed_numbers(fields, U64_MAX)
+        size, nlink, uid, gid, rdev, sec, nsec = fixed_numbers(fields, U64_MAX, self.numbers)
         # lcfs_node_set_nlink/uid/gid take a uint32_t
         nlink, uid, gid = nlink & U32_MAX, uid & U32_MAX, gid & U32_MAX
         payload = unescape_optional(fields[PAYLOAD])
@@ -257,7 +372,15 @@ class _CBuilder:
             if content is not None and len(content) > INLINE_CONTENT_MAX:
                 raise LineError(f"inline content size {len(content)} exceeds maximum "
                                 f"{INLINE_CONTENT_MAX}")
-        xattrs = _parse_xattrs(xattr_part)
+        if xattr_part:
+            xattrs = self.xattrs.get(xattr_part)
+            if xattrs is None:
+                xattrs = _parse_xattrs(xattr_part)
+                if len(self.xattrs) < MEMO_MAX:
+                    self.xattrs[xattr_part] = xattrs
+            xattrs = xattrs.copy()  # a fresh dict: trees are edited in place
+        else:
+            xattrs = {}
         stat = Stat(mode & 0o7777, uid, gid, sec, nsec, xattrs)
         leaf: LeafContent
         if ftype == S_IFDIR:
@@ -371,12 +494,20 @@ def _parse_xattrs(part: bytes) -> dict[bytes, bytes]:
 def parse_c(data: bytes, strict: bool = False) -> Directory:
     """Parse ``data`` as C ``mkcomposefs --from-file`` does."""
     builder = _CBuilder(strict)
-    lineno = 1
-    for lineno, line, terminated in numbered_lines(data):
-        if not terminated and strict:
-            raise DumpfileError(f"line {lineno}: missing trailing newline")
-        try:
-            builder.add_line(line, lineno)
-        except (LineError, EscapeError) as e:
-            raise DumpfileError(f"line {lineno}: {e}") from None
-    return builder.finish(lineno)
+    add_line = builder.add_line
+    lines, terminated = split_lines(data)
+    if strict and terminated < len(lines):
+        # Only the last line can lack its newline; C stops at the first error.
+        lines = lines[:-1]
+        stop: str | None = "missing trailing newline"
+    else:
+        stop = None
+    lineno = 0
+    try:
+        for lineno, line in enumerate(lines, 1):
+            add_line(line, lineno)
+    except (LineError, EscapeError) as e:
+        raise DumpfileError(f"line {lineno}: {e}") from None
+    if stop is not None:
+        raise DumpfileError(f"line {len(lines) + 1}: {stop}")
+    return builder.finish(max(lineno, 1))

@@ -18,7 +18,13 @@ from __future__ import annotations
 
 from cfsboot.tree.escape import escape_field, escape_optional
 from cfsboot.tree.model import (
+    S_IFBLK,
+    S_IFCHR,
     S_IFDIR,
+    S_IFIFO,
+    S_IFLNK,
+    S_IFREG,
+    S_IFSOCK,
     BlockDevice,
     CharDevice,
     Directory,
@@ -29,20 +35,32 @@ from cfsboot.tree.model import (
     Socket,
     Sparse,
     Symlink,
-    content_type_bits,
     digest_from_object_path,
     dir_nlink,
     leaf_link_counts,
     object_path,
-    walk,
 )
 
+# The S_IFMT bits of each leaf content kind (model.content_type_bits as a table).
+_TYPE_BITS: dict[type, int] = {
+    Inline: S_IFREG, External: S_IFREG, Sparse: S_IFREG, Symlink: S_IFLNK,
+    CharDevice: S_IFCHR, BlockDevice: S_IFBLK, Fifo: S_IFIFO, Socket: S_IFSOCK}
 
-def _xattrs(xattrs: dict[bytes, bytes]) -> bytes:
+
+def _xattrs(xattrs: dict[bytes, bytes], memo: dict[tuple[tuple[bytes, bytes], ...], bytes]
+            ) -> bytes:
+    """The xattr fields of a line; ``memo`` keeps those of earlier lines
+    (a handful of label sets repeat over a whole tree)."""
     if not xattrs:
         return b""
-    return b"".join([b" " + escape_field(k, xattr=True) + b"=" + escape_field(v, xattr=True)
-                     for k, v in sorted(xattrs.items())])
+    key = tuple(sorted(xattrs.items())) if len(xattrs) > 1 else tuple(xattrs.items())
+    text = memo.get(key)
+    if text is None:
+        text = b"".join([b" " + escape_field(k, xattr=True) + b"=" + escape_field(v, xattr=True)
+                         for k, v in key])
+        if len(memo) < 4096:
+            memo[key] = text
+    return text
 
 
 def _external(c: External) -> tuple[bytes, bytes]:
@@ -79,24 +97,33 @@ def write_dumpfile(root: Directory) -> bytes:
     """The composefs-rs ``write_dumpfile`` text for ``root`` (every line ends in \\n)."""
     counts = leaf_link_counts(root)
     first_path: dict[Leaf, bytes] = {}
+    xattr_memo: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
     out: list[bytes] = []
-    for path, node in walk(root):
-        p = escape_optional(path)
+    # Pre-order, children in name order (as model.walk), carrying each path
+    # already escaped: escaping is per byte and keeps '/', so a child's field
+    # is its parent's plus '/' plus its escaped name.
+    stack: list[tuple[bytes, Directory | Leaf]] = [(b"/", root)]
+    while stack:
+        p, node = stack.pop()
         st = node.stat
         if isinstance(node, Directory):
             out.append(b"%s 0 %o %d %d %d 0 %d.%d - - -%s\n" % (
                 p, st.mode | S_IFDIR, dir_nlink(node), st.uid, st.gid,
-                st.mtime_sec, st.mtime_nsec, _xattrs(st.xattrs)))
+                st.mtime_sec, st.mtime_nsec, _xattrs(st.xattrs, xattr_memo)))
+            base = b"" if p == b"/" else p
+            stack += [(base + b"/" + escape_field(name), child)
+                      for name, child in sorted(node.entries.items(), reverse=True)]
             continue
         nlink = counts[node]
         if nlink > 1:
             target = first_path.get(node)
             if target is not None:
-                out.append(b"%s 0 @120000 - - - - 0.0 %s - -\n" % (p, escape_optional(target)))
+                out.append(b"%s 0 @120000 - - - - 0.0 %s - -\n" % (p, target))
                 continue
-            first_path[node] = path
+            first_path[node] = p
         size, rdev, payload, content, digest = _leaf_fields(node)
         out.append(b"%s %d %o %d %d %d %d %d.%d %s %s %s%s\n" % (
-            p, size, st.mode | content_type_bits(node.content), nlink, st.uid, st.gid, rdev,
-            st.mtime_sec, st.mtime_nsec, payload, content, digest, _xattrs(st.xattrs)))
+            p, size, st.mode | _TYPE_BITS[type(node.content)], nlink, st.uid, st.gid, rdev,
+            st.mtime_sec, st.mtime_nsec, payload, content, digest,
+            _xattrs(st.xattrs, xattr_memo)))
     return b"".join(out)

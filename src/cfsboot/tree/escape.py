@@ -7,11 +7,16 @@ and, in xattr keys and values, ``=`` as ``\\x3d``.
 
 Both directions take a fast path through one precompiled regex search, so
 fields that need no escaping (nearly all of them) cost no per-byte Python work.
+Fields that do go through the C codecs behind Python's bytes literals and
+``repr``: our escapes are a subset of what they read and write, and anything
+they would handle differently is tested for first (see ``unescape`` and
+``_encode``).
 """
 
 from __future__ import annotations
 
 import re
+from codecs import escape_decode, escape_encode
 
 from cfsboot.errors import CfsError
 
@@ -52,10 +57,22 @@ def _show(b: bytes) -> str:
     return repr(b)[2:-1]  # printable, on one line
 
 
+# A backslash followed by something other than one of our escape letters.  It
+# may be the second half of an escaped backslash (then only the fast path is
+# skipped); every backslash that starts an invalid escape is found by it,
+# except a trailing one and a bad ``\x``, which the codec itself rejects.
+_NOT_OURS = re.compile(rb"\\[^\\nrtx]")
+
+
 def unescape(field: bytes) -> bytes:
     """Decode one escaped field (no ``-`` handling).  Raises EscapeError."""
     if b"\\" not in field:
         return field
+    if _NOT_OURS.search(field) is None:
+        try:
+            return escape_decode(field)[0]
+        except ValueError:
+            pass  # the exact path below says what is wrong
     return _ESCAPE_RE.sub(_decode_one, field)
 
 
@@ -68,28 +85,23 @@ def unescape_optional(field: bytes) -> bytes | None:
 
 # ---- encoding --------------------------------------------------------------
 
-def _encode_table(escape_equals: bool) -> list[bytes]:
-    table = []
-    for c in range(256):
-        if c == 0x5C:
-            table.append(b"\\\\")
-        elif c == 0x0A:
-            table.append(b"\\n")
-        elif c == 0x0D:
-            table.append(b"\\r")
-        elif c == 0x09:
-            table.append(b"\\t")
-        elif not 0x21 <= c <= 0x7E or (escape_equals and c == 0x3D):
-            table.append(b"\\x%02x" % c)
-        else:
-            table.append(bytes([c]))
-    return table
-
-
-_ENC_PLAIN = _encode_table(escape_equals=False)
-_ENC_XATTR = _encode_table(escape_equals=True)
+# Bytes outside 0x21..0x7E, or a backslash (and in xattrs '='): need escaping.
 _NEEDS_PLAIN = re.compile(rb"[^\x21-\x5b\x5d-\x7e]")
 _NEEDS_XATTR = re.compile(rb"[^\x21-\x3c\x3e-\x5b\x5d-\x7e]")
+
+
+def _encode(value: bytes) -> bytes:
+    """The plain encoding, through the C codec behind Python's ``repr(bytes)``:
+    it writes ``\\\\ \\n \\r \\t`` and lowercase ``\\xHH`` for every byte
+    outside 0x20..0x7E as we do, but leaves the space alone and writes ``'`` as
+    ``\\'``.  A ``\\'`` in its output is always that quote (a quote is never
+    literal there), and a space never part of an escape."""
+    out = escape_encode(value)[0]
+    if b"'" in value:
+        out = out.replace(b"\\'", b"'")
+    if b" " in value:
+        out = out.replace(b" ", b"\\x20")
+    return out
 
 
 def escape_field(value: bytes, *, xattr: bool = False) -> bytes:
@@ -98,12 +110,11 @@ def escape_field(value: bytes, *, xattr: bool = False) -> bytes:
     if xattr:
         if _NEEDS_XATTR.search(value) is None:
             return value
-        table = _ENC_XATTR
-    else:
-        if _NEEDS_PLAIN.search(value) is None:
-            return value
-        table = _ENC_PLAIN
-    return b"".join([table[c] for c in value])
+        out = _encode(value)
+        return out.replace(b"=", b"\\x3d") if b"=" in value else out
+    if _NEEDS_PLAIN.search(value) is None:
+        return value
+    return _encode(value)
 
 
 def escape_optional(value: bytes) -> bytes:
