@@ -108,3 +108,31 @@ def test_damaged_results_are_a_miss(tmp_path: Path, no_racy_window: None) -> Non
     results.write_text("{not json")
     assert digest(root, cache)[:2] == (expected, False)
     assert digest(root, cache)[:2] == (expected, True)  # recorded again
+
+
+def test_recorded_counts_have_the_scan_counts_fields() -> None:
+    """The light cache path validates records against its own list of fields."""
+    from dataclasses import fields
+
+    from cfsboot.boot.digest_cache import COUNT_FIELDS
+    from cfsboot.tree.counts import ScanCounts
+    assert COUNT_FIELDS == tuple(f.name for f in fields(ScanCounts))
+
+
+def test_cli_answers_an_unchanged_tree_without_the_heavy_modules(
+        tmp_path: Path, no_racy_window: None) -> None:
+    """The --cache hit path imports neither the scanner nor the image writer."""
+    import subprocess
+    import sys
+    root, cache = tmp_path / "root", tmp_path / "cache"
+    make_root(root)
+    expected = digest(root, cache)[0]
+    code = ("import sys; from cfsboot.cli.main import main; rc = main(sys.argv[1:]); "
+            "heavy = [m for m in ('cfsboot.tree.scan', 'cfsboot.erofs.writer', "
+            "'cfsboot.boot.digest', 'dataclasses') if m in sys.modules]; "
+            "print('heavy:', heavy); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "container", "compute-composefs-digest",
+                           str(root), "--cache", str(cache)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [expected, "heavy: []"]

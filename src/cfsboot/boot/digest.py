@@ -17,28 +17,24 @@ from __future__ import annotations
 
 import gc
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from cfsboot import __version__
-from cfsboot.errors import CfsError
+from cfsboot.boot.digest_cache import (
+    ROOT_REFUSAL,
+    CacheLookup,
+    DigestError,
+    check_container_root,
+    lookup_whole_result,
+)
 from cfsboot.fsverity import DIGEST_SIZE, fsverity_digest
 from cfsboot.tree.counts import ScanCounts
-from cfsboot.tree.hashcache import HashCache, TreeFingerprint, fingerprint_tree
+from cfsboot.tree.hashcache import TreeFingerprint
 
 if TYPE_CHECKING:
     from cfsboot.tree.model import Directory, Leaf
-
-# bootc's exact refusal (crates/lib/src/bootc_composefs/digest.rs).
-ROOT_REFUSAL = "Cannot operate on active root filesystem; mount separate target instead"
-
-
-class DigestError(CfsError):
-    """The directory is not something a composefs digest can be computed for."""
-
 
 @dataclass
 class DigestOptions:
@@ -68,20 +64,27 @@ class DigestResult:
         return self.digest.hex()
 
 
-def compute_composefs_digest(path: str, options: DigestOptions | None = None) -> DigestResult:
+__all__ = ["ROOT_REFUSAL", "DigestError", "DigestOptions", "DigestResult",
+           "check_container_root", "compute_composefs_digest", "source_reader"]
+
+
+def compute_composefs_digest(path: str, options: DigestOptions | None = None,
+                             looked_up: CacheLookup | None = None) -> DigestResult:
+    """``looked_up``: the cache lookup the caller already made (see
+    digest_cache.lookup_whole_result), so that a miss does not walk twice."""
     # Scan, transforms and writer build a large object graph and free little
     # of it: the cyclic GC would only rescan it over and over (~20% of a cold
     # run on 28k files).  Cycles made meanwhile are collected afterwards.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _compute(path, options or DigestOptions())
+        return _compute(path, options or DigestOptions(), looked_up)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _compute(path: str, options: DigestOptions) -> DigestResult:
+def _compute(path: str, options: DigestOptions, looked_up: CacheLookup | None) -> DigestResult:
     if options.alg not in DIGEST_SIZE:
         raise DigestError(f"unknown hash {options.alg!r} (expected sha256 or sha512)")
     if options.format not in (0, 1, 2):
@@ -90,16 +93,18 @@ def _compute(path: str, options: DigestOptions) -> DigestResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    cache = (HashCache.open(options.cache_dir, options.alg, DIGEST_SIZE[options.alg])
-             if options.cache_dir else None)
-    salt = _fingerprint_salt(options) if cache is not None else b""
-    before: TreeFingerprint | None = None
-    if cache is not None and not options.need_tree and cache.has_results():
-        before = fingerprint_tree(path, TreeFingerprint(salt))
-        hit = cache.get_result(before.digest()) if before is not None else None
-        cached = _cached_result(hit, options, time.perf_counter() - t0) if hit else None
-        if cached is not None:
-            return cached
+    look = looked_up
+    if look is None and options.cache_dir:
+        look = lookup_whole_result(path, options.cache_dir, options.alg, options.format,
+                                   options.boot_transform, need_tree=options.need_tree)
+    if look is not None and look.digest is not None and look.counts is not None:
+        seconds = time.perf_counter() - t0
+        return DigestResult(look.digest, options.alg, options.format, None,
+                            ScanCounts(**look.counts), {"scan": seconds, "total": seconds},
+                            from_cache=True)
+    cache = look.cache if look is not None else None
+    salt = look.salt if look is not None else b""
+    before = look.before if look is not None else None
 
     # Imported here: an unchanged tree (above) needs none of the machinery.
     from cfsboot.boot.transform import transform_for_boot, transform_for_oci
@@ -131,61 +136,6 @@ def _compute(path: str, options: DigestOptions) -> DigestResult:
         cache.put_result(fingerprint.digest(),
                          {"digest": digest.hex(), "counts": asdict(scan.counts)})
     return DigestResult(digest, options.alg, options.format, root, scan.counts, timings)
-
-
-def _fingerprint_salt(options: DigestOptions) -> bytes:
-    """What a cached whole result depends on besides the tree: the options and
-    the code (cfsboot's version and the size and mtime of its sources)."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    parts = [f"cfsboot {__version__} {options.alg} {options.format} "
-             f"{options.boot_transform}".encode()]
-    for dirpath, dirnames, filenames in os.walk(package):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.endswith((".py", ".so")):
-                st = os.stat(os.path.join(dirpath, name))
-                parts.append(f"{dirpath}/{name} {st.st_size} {st.st_mtime_ns}".encode())
-    return b"\n".join(parts)
-
-
-def _cached_result(hit: dict[str, Any], options: DigestOptions,
-                   seconds: float) -> DigestResult | None:
-    """The recorded result, or None when the record is damaged (a miss)."""
-    try:
-        digest = bytes.fromhex(hit["digest"])
-        counts = ScanCounts(**hit["counts"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    if len(digest) != DIGEST_SIZE[options.alg]:
-        return None
-    counts.bytes_hashed = 0
-    counts.cache_hits = counts.external_files
-    return DigestResult(digest, options.alg, options.format, None, counts,
-                        {"scan": seconds, "total": seconds}, from_cache=True)
-
-
-def check_container_root(path: str, *, boot: bool) -> None:
-    """Refuse ``/`` (as bootc does) and fail fast, before hashing gigabytes,
-    on a tree the transforms would reject for lack of /usr, /boot or /sysroot."""
-    if path == "/" or os.path.realpath(path) == "/":
-        raise DigestError(ROOT_REFUSAL)
-    try:
-        st = os.lstat(path)
-    except OSError as e:
-        raise DigestError(f"cannot access {path}: {e.strerror}") from e
-    if stat.S_ISLNK(st.st_mode):
-        raise DigestError(f"{path} is a symlink; give the directory itself")
-    if not stat.S_ISDIR(st.st_mode):
-        raise DigestError(f"{path} is not a directory")
-    for name in ("usr", "boot", "sysroot") if boot else ("usr",):
-        try:
-            st = os.lstat(os.path.join(path, name))
-        except FileNotFoundError:
-            raise DigestError(f"not a container root: /{name} is missing in {path}") from None
-        except OSError as e:
-            raise DigestError(f"cannot access /{name} in {path}: {e.strerror}") from e
-        if not stat.S_ISDIR(st.st_mode):
-            raise DigestError(f"not a container root: /{name} in {path} is not a directory")
 
 
 def source_reader(sources: dict[bytes, str], alg: str) -> Callable[[Leaf], bytes]:

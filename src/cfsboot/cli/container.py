@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING
 
 from cfsboot.cli.main import register_modules
 from cfsboot.errors import CfsError
@@ -71,14 +72,27 @@ def register_compute_composefs_digest(sub: Subparsers) -> None:
 def run_compute_composefs_digest(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise CfsError(f"invalid thread count {args.threads}")
-    from cfsboot import native
+    started = time.perf_counter()
+    boot_transform = not args.no_boot_transform
+    looked_up = None
+    if args.cache:
+        # An unchanged tree is answered from the cache with light imports only.
+        from cfsboot.boot.digest_cache import check_container_root, lookup_whole_result
+        check_container_root(args.path, boot=boot_transform)
+        looked_up = lookup_whole_result(args.path, args.cache, args.hash, args.format,
+                                        boot_transform,
+                                        need_tree=bool(args.write_dumpfile_to))
+        if looked_up.digest is not None and looked_up.counts is not None:
+            seconds = time.perf_counter() - started
+            _report(args, looked_up.digest.hex(), looked_up.counts,
+                    {"scan": seconds, "total": seconds}, cached=True)
+            return 0
     from cfsboot.boot.digest import DigestOptions, compute_composefs_digest
 
-    options = DigestOptions(alg=args.hash, format=args.format,
-                            boot_transform=not args.no_boot_transform, threads=args.threads,
-                            cache_dir=args.cache, progress=sys.stderr.isatty(),
-                            need_tree=bool(args.write_dumpfile_to))
-    result = compute_composefs_digest(args.path, options)
+    options = DigestOptions(alg=args.hash, format=args.format, boot_transform=boot_transform,
+                            threads=args.threads, cache_dir=args.cache,
+                            progress=sys.stderr.isatty(), need_tree=bool(args.write_dumpfile_to))
+    result = compute_composefs_digest(args.path, options, looked_up)
     if args.write_dumpfile_to:
         assert result.root is not None  # need_tree
         from cfsboot.atomic import atomic_write_bytes
@@ -87,17 +101,23 @@ def run_compute_composefs_digest(args: argparse.Namespace) -> int:
             atomic_write_bytes(args.write_dumpfile_to, write_dumpfile(result.root))
         except OSError as e:
             raise CfsError(f"cannot write {args.write_dumpfile_to}: {e.strerror}") from e
-    if args.json:
-        report: dict[str, Any] = {
-            "digest": result.hexdigest,
-            "format": result.format,
-            "hash": result.alg,
-            "counts": vars(result.counts),
-            "time": {k: round(v, 6) for k, v in result.timings.items()},
-            "cached": result.from_cache,  # the whole result came from --cache
-            "hashing": native.describe(),  # "c": the accelerator; "python": without it
-        }
-        print(json.dumps(report, indent=1))
-    else:
-        print(result.hexdigest)
+    _report(args, result.hexdigest, vars(result.counts), result.timings,
+            cached=result.from_cache)
     return 0
+
+
+def _report(args: argparse.Namespace, digest: str, counts: dict[str, int],
+            timings: dict[str, float], *, cached: bool) -> None:
+    if not args.json:
+        print(digest)
+        return
+    from cfsboot import native
+    print(json.dumps({
+        "digest": digest,
+        "format": args.format,
+        "hash": args.hash,
+        "counts": counts,
+        "time": {k: round(v, 6) for k, v in timings.items()},
+        "cached": cached,  # the whole result came from --cache
+        "hashing": native.describe(),  # "c": the accelerator; "python": without it
+    }, indent=1))

@@ -1,0 +1,107 @@
+"""The ``--cache`` fast path of compute-composefs-digest: is the whole result
+already known?  On an unchanged tree this module, the cache and one metadata
+walk are all a run needs, so it imports nothing heavy (no scanner, no image
+writer, no dataclasses); boot/digest.py does the rest on a miss.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import NamedTuple
+
+from cfsboot import __version__
+from cfsboot.errors import CfsError
+from cfsboot.fsverity.digest import DIGEST_SIZE
+from cfsboot.tree.hashcache import HashCache, TreeFingerprint, fingerprint_tree
+
+# bootc's exact refusal (crates/lib/src/bootc_composefs/digest.rs).
+ROOT_REFUSAL = "Cannot operate on active root filesystem; mount separate target instead"
+
+# The fields of tree.counts.ScanCounts, which a recorded result must have
+# exactly (test_digest_cache checks the two agree).
+COUNT_FIELDS = ("directories", "regular_files", "inline_files", "external_files", "symlinks",
+                "devices", "fifos", "sockets", "hardlinks", "bytes_external", "bytes_hashed",
+                "cache_hits")
+
+
+class DigestError(CfsError):
+    """The directory is not something a composefs digest can be computed for."""
+
+
+class CacheLookup(NamedTuple):
+    cache: HashCache
+    salt: bytes  # what the fingerprint is keyed with (options and code)
+    before: TreeFingerprint | None  # the tree's fingerprint, when any result is recorded
+    digest: bytes | None  # the recorded result, on a hit
+    counts: dict[str, int] | None  # its counts, as a cache hit reports them
+
+
+def check_container_root(path: str, *, boot: bool) -> None:
+    """Refuse ``/`` (as bootc does) and fail fast, before hashing gigabytes,
+    on a tree the transforms would reject for lack of /usr, /boot or /sysroot."""
+    if path == "/" or os.path.realpath(path) == "/":
+        raise DigestError(ROOT_REFUSAL)
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise DigestError(f"cannot access {path}: {e.strerror}") from e
+    if stat.S_ISLNK(st.st_mode):
+        raise DigestError(f"{path} is a symlink; give the directory itself")
+    if not stat.S_ISDIR(st.st_mode):
+        raise DigestError(f"{path} is not a directory")
+    for name in ("usr", "boot", "sysroot") if boot else ("usr",):
+        try:
+            st = os.lstat(os.path.join(path, name))
+        except FileNotFoundError:
+            raise DigestError(f"not a container root: /{name} is missing in {path}") from None
+        except OSError as e:
+            raise DigestError(f"cannot access /{name} in {path}: {e.strerror}") from e
+        if not stat.S_ISDIR(st.st_mode):
+            raise DigestError(f"not a container root: /{name} in {path} is not a directory")
+
+
+def fingerprint_salt(alg: str, image_format: int, boot_transform: bool) -> bytes:
+    """What a cached whole result depends on besides the tree: the options and
+    the code (cfsboot's version and the size and mtime of its sources)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parts = [f"cfsboot {__version__} {alg} {image_format} {boot_transform}".encode()]
+    for dirpath, dirnames, filenames in os.walk(package):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith((".py", ".so")):
+                st = os.stat(os.path.join(dirpath, name))
+                parts.append(f"{dirpath}/{name} {st.st_size} {st.st_mtime_ns}".encode())
+    return b"\n".join(parts)
+
+
+def lookup_whole_result(path: str, cache_dir: str, alg: str, image_format: int,
+                        boot_transform: bool, *, need_tree: bool = False) -> CacheLookup:
+    """Open the cache and, unless the caller needs the tree itself, look the
+    tree's fingerprint up among the recorded results."""
+    cache = HashCache.open(cache_dir, alg, DIGEST_SIZE[alg])
+    salt = fingerprint_salt(alg, image_format, boot_transform)
+    if need_tree or not cache.has_results():
+        return CacheLookup(cache, salt, None, None, None)
+    before = fingerprint_tree(path, TreeFingerprint(salt))
+    hit = cache.get_result(before.digest()) if before is not None else None
+    digest, counts = _recorded(hit, alg) if hit is not None else (None, None)
+    return CacheLookup(cache, salt, before, digest, counts)
+
+
+def _recorded(hit: dict[str, object], alg: str) -> tuple[bytes | None, dict[str, int] | None]:
+    """The digest and counts of a recorded result; (None, None) when the record
+    is damaged (then it is a miss)."""
+    try:
+        digest = bytes.fromhex(str(hit["digest"]))
+        counts = hit["counts"]
+    except (KeyError, ValueError):
+        return None, None
+    if (len(digest) != DIGEST_SIZE[alg] or not isinstance(counts, dict)
+            or set(counts) != set(COUNT_FIELDS)
+            or not all(type(v) is int for v in counts.values())):
+        return None, None
+    shown = {name: counts[name] for name in COUNT_FIELDS}
+    shown["bytes_hashed"] = 0  # nothing was read this time
+    shown["cache_hits"] = shown["external_files"]
+    return digest, shown
