@@ -35,11 +35,11 @@ from cfsboot.boot.selabel_regex import (
     translate,
 )
 from cfsboot.boot.selabel_regex_ast import Node
+from cfsboot.boot.selabel_regex_choice import backtracking_degree
 from cfsboot.boot.selabel_regex_nfa import (
     LONG_KEY,
     LinearMatcher,
     MatchFn,
-    backtracking_degree,
     compile_linear,
 )
 

@@ -81,7 +81,8 @@ from cfsboot.boot.selabel_regex_ast import (
     emit,
     literal_prefix,
 )
-from cfsboot.boot.selabel_regex_nfa import MatchFn, choose_engine
+from cfsboot.boot.selabel_regex_choice import choose_engine
+from cfsboot.boot.selabel_regex_nfa import MatchFn
 from cfsboot.boot.selabel_regex_parse import parse
 
 __all__ = ["RegexDialectError", "SelinuxRegex", "compile_selinux_regex", "literal_prefix",
