@@ -26,7 +26,7 @@ from conftest import REPO
 from test_selabel_regex import PCRE_ALPHABET, PCRE_PIECES
 from test_selabel_rust_table import RUST_TABLE, _random_regex, _sample
 
-from cfsboot.boot import selabel_regex_nfa
+from cfsboot.boot import selabel_regex_choice, selabel_regex_nfa
 from cfsboot.boot.selabel import SelinuxPolicy, parse_spec_file
 from cfsboot.boot.selabel_regex import (
     RegexDialectError,
@@ -186,13 +186,13 @@ def test_unprovable_and_too_large_is_refused(regex: str) -> None:
 def test_degree_two_uses_re_up_to_long_key(monkeypatch: pytest.MonkeyPatch) -> None:
     compiled = compile_selinux_regex(wrap("/a(/.*)?/b(/.*)?", "d"))
     built: list[bool] = []
-    real = selabel_regex_nfa.compile_linear
+    real = selabel_regex_choice.compile_linear
 
     def spy(node: Node, search: bool) -> LinearMatcher | None:
         built.append(search)
         return real(node, search)
 
-    monkeypatch.setattr(selabel_regex_nfa, "compile_linear", spy)
+    monkeypatch.setattr(selabel_regex_choice, "compile_linear", spy)
     short = b"/a/b" + b"/x" * ((LONG_KEY - 8) // 2) + b"d"
     assert len(short) <= LONG_KEY and compiled.matches(short)
     assert not built
