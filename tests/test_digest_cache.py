@@ -116,7 +116,7 @@ def test_recorded_counts_have_the_scan_counts_fields() -> None:
 
     from cfsboot.boot.digest_cache import COUNT_FIELDS
     from cfsboot.tree.counts import ScanCounts
-    assert COUNT_FIELDS == tuple(f.name for f in fields(ScanCounts))
+    assert tuple(f.name for f in fields(ScanCounts)) == COUNT_FIELDS
 
 
 def test_cli_answers_an_unchanged_tree_without_the_heavy_modules(

@@ -44,19 +44,23 @@ def _required_dir(root: Directory, name: bytes) -> Directory:
     return node
 
 
-def filter_xattrs(root: Directory, keep: Callable[[bytes], bool]) -> None:
-    """Keep only the xattrs whose names satisfy ``keep``, on every node."""
-    seen: set[int] = set()
+def filter_xattrs(root: Directory, allowed: frozenset[bytes]) -> None:
+    """Keep only the xattrs named in ``allowed``, on every node.
+
+    Runs over every node of the tree, so it does no more than it must: most
+    nodes have no xattrs at all, and filtering is idempotent, so a hard-linked
+    leaf met under several names is simply filtered again.
+    """
     stack = [root]
     while stack:
         d = stack.pop()
-        d.stat.xattrs = {k: v for k, v in d.stat.xattrs.items() if keep(k)}
+        if d.stat.xattrs:
+            d.stat.xattrs = {k: v for k, v in d.stat.xattrs.items() if k in allowed}
         for child in d.entries.values():
             if isinstance(child, Directory):
                 stack.append(child)
-            elif id(child) not in seen:
-                seen.add(id(child))
-                child.stat.xattrs = {k: v for k, v in child.stat.xattrs.items() if keep(k)}
+            elif child.stat.xattrs:
+                child.stat.xattrs = {k: v for k, v in child.stat.xattrs.items() if k in allowed}
 
 
 def transform_for_oci(root: Directory) -> None:
@@ -73,7 +77,7 @@ def transform_for_oci(root: Directory) -> None:
         run.stat.mtime_sec = usr.stat.mtime_sec
         run.stat.mtime_nsec = usr.stat.mtime_nsec
         run.entries.clear()
-    filter_xattrs(root, lambda name: name in CONTAINER_XATTR_ALLOWLIST)
+    filter_xattrs(root, CONTAINER_XATTR_ALLOWLIST)
 
 
 def empty_toplevel_dirs(root: Directory) -> None:

@@ -230,15 +230,15 @@ _DIGEST_LEN_BY_ALGO = {v: k for k, v in _METACOPY_ALGO_BY_LEN.items()}
 
 
 # The header for each digest length, packed once (one value per external file).
-_METACOPY_HEADER_BY_LEN = {n: METACOPY_HEADER.pack(0, METACOPY_HEADER.size + n, 0, algo)
-                           for n, algo in _METACOPY_ALGO_BY_LEN.items()}
+METACOPY_HEADER_BY_LEN = {n: METACOPY_HEADER.pack(0, METACOPY_HEADER.size + n, 0, algo)
+                          for n, algo in _METACOPY_ALGO_BY_LEN.items()}
 
 
 def metacopy_value(digest: bytes | None) -> bytes:
     """``trusted.overlay.metacopy`` value: header + digest, or empty (no digest)."""
     if digest is None:
         return b""
-    header = _METACOPY_HEADER_BY_LEN.get(len(digest))
+    header = METACOPY_HEADER_BY_LEN.get(len(digest))
     if header is None:
         raise ValueError(f"fs-verity digest must be 32 or 64 bytes, not {len(digest)}")
     return header + digest

@@ -17,9 +17,12 @@ most 128 shared xattrs per inode, the ACL flag tests exact names.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import chain, compress
+from operator import itemgetter
 
 from cfsboot.erofs import format as fmt
 from cfsboot.erofs.xxh32 import xxh32
@@ -37,7 +40,6 @@ from cfsboot.tree.model import (
     Stat,
     Symlink,
     is_whiteout,
-    leaf_link_counts,
 )
 
 
@@ -48,12 +50,9 @@ class ErofsWriteError(CfsError):
 # Inode kinds: what decides layout, i_u and the inline part.
 DIR, INLINE, CHUNKED, EMPTY, SYMLINK, CHRDEV, BLKDEV, FIFO, SOCKET = range(9)
 
-_FILE_TYPE = {DIR: fmt.FT_DIR, INLINE: fmt.FT_REG_FILE, CHUNKED: fmt.FT_REG_FILE,
-              EMPTY: fmt.FT_REG_FILE, SYMLINK: fmt.FT_SYMLINK, CHRDEV: fmt.FT_CHRDEV,
-              BLKDEV: fmt.FT_BLKDEV, FIFO: fmt.FT_FIFO, SOCKET: fmt.FT_SOCK}
-_TYPE_BITS = {fmt.FT_DIR: 0o040000, fmt.FT_REG_FILE: 0o100000, fmt.FT_SYMLINK: 0o120000,
-              fmt.FT_CHRDEV: 0o020000, fmt.FT_BLKDEV: 0o060000, fmt.FT_FIFO: 0o010000,
-              fmt.FT_SOCK: 0o140000}
+# Dirent file type by kind (an escaped whiteout's is changed to FT_REG_FILE).
+_FILE_TYPE = [fmt.FT_DIR, fmt.FT_REG_FILE, fmt.FT_REG_FILE, fmt.FT_REG_FILE, fmt.FT_SYMLINK,
+              fmt.FT_CHRDEV, fmt.FT_BLKDEV, fmt.FT_FIFO, fmt.FT_SOCK]
 
 C_MAX_CHUNKS = 1024  # LCFS_MAX_NONINLINE_CHUNKS
 C_MAX_SHARED_REFS = 128  # EROFS_XATTR_LONG_PREFIX, C's per-inode cap
@@ -62,6 +61,9 @@ C_XATTR_BUDGET = 32767  # LCFS_INODE_EXTERNAL_XATTR_MAX
 C_XATTR_ENTRY_COST = 7  # 2 * LCFS_INODE_XATTRMETA_SIZE - 1
 _SIZE_T = (1 << 64) - 1
 V2_MAX_CHUNKED_SIZE = 1 << (fmt.BLOCK_BITS + fmt.CHUNK_FORMAT_BLKBITS_MASK)  # one 8 TiB chunk
+V2_CHUNK_FORMAT = 31  # V2 i_u of every chunked file, whatever its size
+ONE_CHUNK_MAX = V2_MAX_CHUNKED_SIZE  # V0/V1: larger files need more than one chunk entry
+_METACOPY_HEADERS = fmt.METACOPY_HEADER_BY_LEN
 
 Xattr = tuple[bytes, bytes]  # (full name, value)
 DirEntry = tuple[bytes, int, int]  # (name, inode index, dirent file type)
@@ -77,33 +79,52 @@ class Options:
         object.__setattr__(self, "epoch1", fmt.is_epoch1(self.version))
 
 
-@dataclass(eq=False, slots=True)
 class Inode:
+    """One inode of the image, as the layout needs it.
+
+    A plain slotted class rather than a dataclass: one is made per tree node
+    (28k for a distribution image) and a generated ``__init__`` with list
+    factories cost twice as much.  Fields only some kinds use default to
+    shared immutable values (empty tuples) and are replaced, never mutated.
+    """
+
+    __slots__ = ("bloom", "c_size", "dir_blocks", "dir_inline", "ftype", "i_u", "kind",
+                 "n_blocks", "nlink", "payload", "shared", "size", "stat", "tail", "xattrs")
+
     kind: int
     stat: Stat
-    nlink: int = 1
-    size: int = 0
-    payload: bytes = b""  # Inline data or symlink target
-    rdev: int = 0
-    c_size: int = 0  # C mode: a device/fifo/socket's SIZE, only for compact vs extended
-    c_budget: int = 0  # C mode: lcfs_node_s.xattr_size of the writer's clone
-    escaped_whiteout: bool = False
-    xattrs: list[Xattr] = field(default_factory=list)  # inline ones after sharing
-    bloom: int = 0
-    shared: list[int] = field(default_factory=list)  # shared table positions
-    chunk_format: int = 0  # CHUNKED, V0/V1: log2(chunk size) - BLOCK_BITS
-    n_blocks: int = 0  # full data blocks (directories: dirent blocks)
-    tail: int = 0  # bytes stored inline after the xattrs
-    dir_blocks: list[list[DirEntry]] = field(default_factory=list)
-    dir_inline: list[DirEntry] = field(default_factory=list)
+    nlink: int
+    size: int
+    payload: bytes  # Inline data or symlink target
+    c_size: int  # C mode: a device/fifo/socket's SIZE, only for compact vs extended
+    ftype: int  # dirent file type (FT_REG_FILE for an escaped whiteout)
+    xattrs: list[Xattr]  # inline ones after sharing
+    bloom: int
+    shared: tuple[int, ...]  # shared table positions
+    i_u: int  # header i_u before block addresses: chunk format bits or device number
+    n_blocks: int  # full data blocks (directories: dirent blocks)
+    tail: int  # bytes stored inline after the xattrs
+    dir_blocks: Sequence[Sequence[DirEntry]]
+    dir_inline: Sequence[DirEntry]
 
-    @property
-    def file_type(self) -> int:
-        return fmt.FT_REG_FILE if self.escaped_whiteout else _FILE_TYPE[self.kind]
-
-    @property
-    def mode(self) -> int:
-        return _TYPE_BITS[self.file_type] | (self.stat.mode & 0o7777)
+    def __init__(self, kind: int, stat: Stat, nlink: int = 1, size: int = 0,
+                 xattrs: list[Xattr] | None = None, bloom: int = 0, i_u: int = 0,
+                 tail: int = 0) -> None:
+        self.kind = kind
+        self.stat = stat
+        self.nlink = nlink
+        self.size = size
+        self.payload = b""
+        self.c_size = 0
+        self.ftype = _FILE_TYPE[kind]
+        self.xattrs = [] if xattrs is None else xattrs
+        self.bloom = bloom
+        self.shared = ()
+        self.i_u = i_u
+        self.n_blocks = 0
+        self.tail = tail
+        self.dir_blocks = ()
+        self.dir_inline = ()
 
 
 # ---- xattr names ------------------------------------------------------------------
@@ -120,58 +141,68 @@ def _bloom_bit(name: bytes, use_lustre: bool) -> int:
     return 1 << (xxh32(suffix, fmt.XATTR_FILTER_SEED + index) % fmt.XATTR_FILTER_BITS)
 
 
-def entry_size(name: bytes, value: bytes, use_lustre: bool) -> int:
-    """On-disk size of one xattr entry (header, suffix, value, pad to 4)."""
-    suffix = split_name(name, use_lustre)[1]
-    return (fmt.XATTR_ENTRY.size + len(suffix) + len(value) + 3) & ~3
-
-
 class _XattrAdder:
     def __init__(self, opts: Options) -> None:
         self.use_lustre = not opts.epoch1
         self.replace = opts.c_compat
+        # C mode: lcfs_node_s.xattr_size of the writer's clone of each node.
+        self.c_budgets: dict[Inode, int] = {}
         # The bloom bits of every external file's two overlay xattrs, once.
         self.overlay_bloom = (_bloom_bit(fmt.OVERLAY_METACOPY, self.use_lustre)
                               | _bloom_bit(fmt.OVERLAY_REDIRECT, self.use_lustre))
+        # A stat xattr (name, value) -> (the xattr as stored, its bloom bit),
+        # checked once: a labelled tree repeats a handful on every node.
+        self.own: dict[tuple[bytes, bytes], tuple[Xattr, int]] = {}
 
-    def add_own(self, inode: Inode, name: bytes, value: bytes) -> None:
-        """One of the node's own (stat) xattrs: names are already unique."""
-        suffix = split_name(name, self.use_lustre)[1]
-        if len(suffix) > 255:
+    def add_own(self, inode: Inode, xattrs: dict[bytes, bytes]) -> None:
+        """A node's own (stat) xattrs, in name order: names are already unique.
+        ``trusted.overlay.*`` names are escaped (6.3)."""
+        known = self.own
+        for item in sorted(xattrs.items()) if len(xattrs) > 1 else xattrs.items():
+            stored = known.get(item) or self._own(item)
+            inode.bloom |= stored[1]
+            inode.xattrs.append(stored[0])
+
+    def _own(self, item: tuple[bytes, bytes]) -> tuple[Xattr, int]:
+        name, value = item
+        if name.startswith(fmt.OVERLAY_PREFIX):
+            name = fmt.OVERLAY_ESCAPED_PREFIX + name[len(fmt.OVERLAY_PREFIX):]
+        if len(split_name(name, self.use_lustre)[1]) > 255:
             raise ErofsWriteError(f"xattr name too long: {name!r}")
         if len(value) > 0xFFFF:
             raise ErofsWriteError(f"xattr value too long ({len(value)} bytes) for {name!r}")
-        inode.bloom |= _bloom_bit(name, self.use_lustre)
-        inode.xattrs.append((name, value))
+        stored = self.own[item] = ((name, value), _bloom_bit(name, self.use_lustre))
+        return stored
 
     def add(self, inode: Inode, name: bytes, value: bytes) -> None:
         """An xattr the writer adds (overlay metacopy/redirect, markers)."""
         inode.bloom |= _bloom_bit(name, self.use_lustre)
         if self.replace:
-            _c_set_xattr(inode, name, value)
+            _c_set_xattr(inode, name, value, self.c_budgets)
         else:  # composefs-rs appends blindly, even a duplicate name
             inode.xattrs.append((name, value))
 
 
-def _c_set_xattr(inode: Inode, name: bytes, value: bytes) -> None:
+def _c_set_xattr(inode: Inode, name: bytes, value: bytes, budgets: dict[Inode, int]) -> None:
     """C ``lcfs_node_set_xattr`` on the writer's cloned node: replace an existing
     name, with C's per-node size budget.  The clone starts that budget at 0
     although the node keeps its xattrs, and removing an entry subtracts its
     cost in size_t arithmetic, so replacing a name the writer did not add
     itself can wrap around and fail; C then refuses to write the image."""
+    budget = budgets.get(inode, 0)
     for i, (n, old) in enumerate(inode.xattrs):
         if n == name:
             del inode.xattrs[i]
-            inode.c_budget = ((inode.c_budget - C_XATTR_ENTRY_COST - len(name) - len(old))
-                              & _SIZE_T if inode.xattrs else 0)
+            budget = ((budget - C_XATTR_ENTRY_COST - len(name) - len(old)) & _SIZE_T
+                      if inode.xattrs else 0)
             break
     cost = C_XATTR_ENTRY_COST + len(name) + len(value)
     if not inode.xattrs:
         cost += fmt.XATTR_IBODY_HEADER.size
-    if (inode.c_budget + cost) & _SIZE_T > C_XATTR_BUDGET:
+    if (budget + cost) & _SIZE_T > C_XATTR_BUDGET:
         raise ErofsWriteError(f"cannot add xattr {name.decode(errors='replace')!r}: C mkcomposefs "
                               "fails here (Numerical result out of range)")
-    inode.c_budget = (inode.c_budget + cost) & _SIZE_T
+    budgets[inode] = (budget + cost) & _SIZE_T
     inode.xattrs.append((name, value))
 
 
@@ -183,12 +214,19 @@ def _chunk_bits(size: int) -> int:
     return min(max(bits, fmt.BLOCK_BITS), fmt.BLOCK_BITS + fmt.CHUNK_FORMAT_BLKBITS_MASK)
 
 
-def chunk_format(size: int) -> int:
-    return _chunk_bits(size) - fmt.BLOCK_BITS
-
-
-def chunk_count(size: int) -> int:
-    return -(-size // (1 << _chunk_bits(size)))
+def _link_counts(root: Directory) -> dict[Directory | Leaf, int]:
+    """Directory entries referring to each node (identity keyed), counted by
+    ``Counter`` in C.  A directory found twice (or in a cycle, which would
+    never end) is refused: its subtree would be written twice."""
+    dirs = [root]
+    seen = {root}  # directories compare by identity
+    for d in dirs:  # grows while it is walked: every directory, once
+        for sub in [c for c in d.entries.values() if isinstance(c, Directory)]:
+            if sub in seen:
+                raise ErofsWriteError("invalid tree: a directory appears more than once")
+            seen.add(sub)
+            dirs.append(sub)
+    return Counter(chain.from_iterable([d.entries.values() for d in dirs]))
 
 
 class Collector:
@@ -198,15 +236,23 @@ class Collector:
         self.opts = opts
         self.xattrs = _XattrAdder(opts)
         self.inodes: list[Inode] = []
-        self.counts = leaf_link_counts(root)
+        self.counts = _link_counts(root)
         self.hardlinks: dict[Leaf, int] = {}
         self.stubs: set[Leaf] = set()
-        self.seen_dirs: set[Directory] = set()
-        for leaf, n in self.counts.items():
-            if n > 1 and is_whiteout(leaf.content):
+        for node, n in self.counts.items():
+            if n > 1 and isinstance(node, Leaf) and is_whiteout(node.content):
                 raise ErofsWriteError("invalid tree: a whiteout (char device 0/0) "
                                       f"has {n} hard links")
         self.root = self._with_stubs(root) if opts.epoch1 else root
+        self.rs_mode = not opts.c_compat
+        self.epoch1 = opts.epoch1
+        self.one_chunk_max = ONE_CHUNK_MAX if opts.epoch1 else 0  # 0: no fast chunk index
+        self.overlay_bloom = self.xattrs.overlay_bloom
+
+    @property
+    def own_xattr_names(self) -> Iterable[bytes]:
+        """Every stat xattr name met (the only names that can be ACLs)."""
+        return (name for name, _ in self.xattrs.own)
 
     # -- 6.2
     def _with_stubs(self, root: Directory) -> Directory:
@@ -237,20 +283,10 @@ class Collector:
         self.inodes.append(inode)
         return len(self.inodes) - 1
 
-    def _add_stat_xattrs(self, inode: Inode, stat: Stat) -> None:
-        if not stat.xattrs:
-            return
-        for name, value in sorted(stat.xattrs.items()):
-            if name.startswith(fmt.OVERLAY_PREFIX):
-                name = fmt.OVERLAY_ESCAPED_PREFIX + name[len(fmt.OVERLAY_PREFIX):]
-            self.xattrs.add_own(inode, name, value)
-
     def _new_dir(self, d: Directory) -> int:
-        if d in self.seen_dirs:  # would loop forever or duplicate a subtree
-            raise ErofsWriteError("invalid tree: a directory appears more than once")
-        self.seen_dirs.add(d)
         inode = Inode(DIR, d.stat)
-        self._add_stat_xattrs(inode, d.stat)
+        if d.stat.xattrs:
+            self.xattrs.add_own(inode, d.stat.xattrs)
         return self._push(inode)
 
     def _leaf_inode(self, leaf: Leaf) -> int:
@@ -260,28 +296,65 @@ class Collector:
             known = self.hardlinks.get(leaf)
             if known is not None:
                 return known
-        inode = self._make_leaf(leaf, count)
-        idx = self._push(inode)
+        idx = self._push(self._make_leaf(leaf, count))
         if count > 1:
             self.hardlinks[leaf] = idx
         return idx
 
     def _make_leaf(self, leaf: Leaf, count: int) -> Inode:
+        c = leaf.content
+        if type(c) is External and self.rs_mode:
+            # The usual leaf of a container tree (25k of 28k inodes): an
+            # external file in composefs-rs mode, written out here.
+            digest = c.digest
+            if digest is None:
+                metacopy = b""
+            elif (header := _METACOPY_HEADERS.get(len(digest))) is not None:
+                metacopy = header + digest
+            else:
+                raise ErofsWriteError(f"fs-verity digest of {len(digest)} bytes "
+                                      "(must be 32 or 64)")
+            size = c.size
+            if 0 < size <= self.one_chunk_max:  # V0/V1: a one-entry null chunk index (6.9)
+                i_u = (size - 1).bit_length() - fmt.BLOCK_BITS if size > fmt.BLOCK_SIZE else 0
+                tail = fmt.CHUNK_ENTRY_SIZE
+            else:
+                i_u = tail = 0
+            overlay = [(fmt.OVERLAY_METACOPY, metacopy), (fmt.OVERLAY_REDIRECT, b"/" + c.path)]
+            own = leaf.stat.xattrs
+            if own and self.epoch1:
+                # V0/V1 sort the xattrs by name later; own names (a label, a
+                # capability) usually sort first, so this order needs no sort.
+                inode = Inode(CHUNKED, leaf.stat, count, size, None, self.overlay_bloom,
+                              i_u, tail)
+                self.xattrs.add_own(inode, own)
+                inode.xattrs += overlay
+            else:  # V2 keeps this order: overlay xattrs first
+                inode = Inode(CHUNKED, leaf.stat, count, size, overlay, self.overlay_bloom,
+                              i_u, tail)
+                if own:
+                    self.xattrs.add_own(inode, own)
+            if not tail:
+                self._initial_tail(inode, c)
+            return inode
+        return self._make_other_leaf(leaf, count)
+
+    def _make_other_leaf(self, leaf: Leaf, count: int) -> Inode:
         opts = self.opts
         c = leaf.content
+        kind = type(c)  # exact-type dispatch
         nlink = leaf.nlink if opts.c_compat and leaf.nlink is not None else count
-        inode = Inode(INLINE, leaf.stat, nlink=nlink)
+        inode = Inode(INLINE, leaf.stat, nlink)
         # Order matters only for C's replace-and-budget rule (V0/V1 sort later):
         # C's node has its own xattrs before the writer adds any.
-        if opts.c_compat:
-            self._add_stat_xattrs(inode, leaf.stat)
+        if opts.c_compat and leaf.stat.xattrs:
+            self.xattrs.add_own(inode, leaf.stat.xattrs)
         add = self.xattrs.add
-        kind = type(c)  # exact-type dispatch: this runs once per leaf
         if kind is Inline:
             inode.payload = c.data  # type: ignore[union-attr]
             inode.size = len(inode.payload)
         elif kind is Symlink:
-            inode.kind = SYMLINK
+            inode.kind, inode.ftype = SYMLINK, fmt.FT_SYMLINK
             inode.payload = c.target  # type: ignore[union-attr]
             inode.size = len(inode.payload)
         elif kind is External or kind is Sparse:
@@ -292,62 +365,56 @@ class Collector:
                 inode.kind = CHUNKED
                 inode.size = size
                 if isinstance(c, External):
-                    self._add_overlay_xattrs(inode, c)
+                    add(inode, fmt.OVERLAY_METACOPY, _metacopy(c.digest))
+                    if c.path or not opts.c_compat:  # C skips an empty payload
+                        add(inode, fmt.OVERLAY_REDIRECT, b"/" + c.path)
                 else:
                     add(inode, fmt.OVERLAY_METACOPY, b"")
         elif kind is CharDevice or kind is BlockDevice:
             inode.kind = CHRDEV if kind is CharDevice else BLKDEV
+            inode.ftype = _FILE_TYPE[inode.kind]
             rdev = c.rdev  # type: ignore[union-attr]
             if opts.c_compat and rdev >= 0:
                 rdev &= 0xFFFFFFFF  # C truncates (its whiteout test saw the full value)
             if not 0 <= rdev <= 0xFFFFFFFF:
                 raise ErofsWriteError(f"device number {rdev:#x} does not fit in 32 bits")
-            inode.rdev = rdev
+            inode.i_u = rdev
         elif kind is Fifo:
-            inode.kind = FIFO
+            inode.kind, inode.ftype = FIFO, fmt.FT_FIFO
         elif kind is Socket:
-            inode.kind = SOCKET
+            inode.kind, inode.ftype = SOCKET, fmt.FT_SOCK
         else:
             raise TypeError(f"unknown leaf content {c!r}")
         if opts.c_compat and leaf.c_size and inode.kind in (CHRDEV, BLKDEV, FIFO, SOCKET):
             inode.c_size = leaf.c_size
-        if not opts.c_compat:  # composefs-rs: overlay xattrs first (V2 keeps this order)
-            self._add_stat_xattrs(inode, leaf.stat)
+        if not opts.c_compat and leaf.stat.xattrs:  # composefs-rs: overlay xattrs first
+            self.xattrs.add_own(inode, leaf.stat.xattrs)
         self._initial_tail(inode, c)
         return inode
 
-    def _add_overlay_xattrs(self, inode: Inode, c: External) -> None:
-        digest = c.digest
-        if digest is not None and len(digest) not in (32, 64):
-            raise ErofsWriteError(f"fs-verity digest of {len(digest)} bytes (must be 32 or 64)")
-        metacopy = fmt.metacopy_value(digest)
-        if not self.opts.c_compat:  # the common case (one per external file), inlined
-            inode.bloom |= self.xattrs.overlay_bloom
-            inode.xattrs += ((fmt.OVERLAY_METACOPY, metacopy),
-                             (fmt.OVERLAY_REDIRECT, b"/" + c.path))
-            return
-        self.xattrs.add(inode, fmt.OVERLAY_METACOPY, metacopy)
-        if c.path:  # C skips an empty payload
-            self.xattrs.add(inode, fmt.OVERLAY_REDIRECT, b"/" + c.path)
+    @staticmethod
+    def _v2_null_chunk(inode: Inode) -> None:
+        """V2: one null chunk (only with a digest) of the largest chunk size."""
+        inode.tail = fmt.CHUNK_ENTRY_SIZE
+        if inode.size > V2_MAX_CHUNKED_SIZE:  # that one chunk must cover the file
+            raise ErofsWriteError(f"format V2 cannot describe a {inode.size}-byte "
+                                  "external file (more than 8 TiB; use V1)")
 
     def _initial_tail(self, inode: Inode, content: object) -> None:
         """n_blocks/tail before promotion (6.9)."""
-        if not self.opts.epoch1:
-            if inode.kind == INLINE:
-                inode.tail = inode.size
-            elif isinstance(content, External) and content.digest is not None:
-                inode.tail = fmt.CHUNK_ENTRY_SIZE  # V2: one null chunk, only with a digest
-                if inode.size > V2_MAX_CHUNKED_SIZE:  # that one chunk must cover the file
-                    raise ErofsWriteError(f"format V2 cannot describe a {inode.size}-byte "
-                                          "external file (more than 8 TiB; use V1)")
-            elif inode.kind == SYMLINK:
-                inode.tail = inode.size
-            return
         kind, size = inode.kind, inode.size
-        if kind == CHUNKED:  # the usual leaf of a container tree first
+        if not self.opts.epoch1:
+            if kind in (INLINE, SYMLINK):
+                inode.tail = size
+            elif kind == CHUNKED:
+                inode.i_u = V2_CHUNK_FORMAT
+                if isinstance(content, External) and content.digest is not None:
+                    self._v2_null_chunk(inode)
+            return
+        if kind == CHUNKED:
             if size:
-                bits = _chunk_bits(size)  # once per file: layout reuses chunk_format
-                inode.chunk_format = bits - fmt.BLOCK_BITS
+                bits = _chunk_bits(size)
+                inode.i_u = bits - fmt.BLOCK_BITS
                 count = -(-size >> bits)
                 if self.opts.c_compat and count > C_MAX_CHUNKS:
                     raise ErofsWriteError(f"File too large: {size} bytes needs {count} "
@@ -367,7 +434,7 @@ class Collector:
         subdirectory's whole subtree before the next sibling (iterative, so
         deep trees don't hit the recursion limit)."""
         me = self._new_dir(root)
-        stack = [(me, iter(root.sorted_entries()),
+        stack = [(me, iter(sorted(root.entries.items())),
                   [(b".", me, fmt.FT_DIR), (b"..", me, fmt.FT_DIR)])]
         while stack:
             me, it, entries = stack[-1]
@@ -375,14 +442,13 @@ class Collector:
                 if isinstance(child, Directory):
                     c = self._new_dir(child)
                     entries.append((name, c, fmt.FT_DIR))
-                    stack.append((c, iter(child.sorted_entries()),
+                    stack.append((c, iter(sorted(child.entries.items())),
                                   [(b".", c, fmt.FT_DIR), (b"..", me, fmt.FT_DIR)]))
                     break
                 c = self._leaf_inode(child)
-                entries.append((name, c, self.inodes[c].file_type))
+                entries.append((name, c, self.inodes[c].ftype))
             else:
                 stack.pop()
-                entries.sort(key=_entry_name)
                 self._layout_dir(self.inodes[me], entries)
 
     # -- 6.5, V0/V1
@@ -390,28 +456,39 @@ class Collector:
         """(directory, name) of the entry that places each multi-link leaf's
         inode: C's "real" node of a hard-link group.  That is the first path
         in pre-order (the dumpfile line order), or in C mode the path of the
-        leaf's full dumpfile line when the parser recorded it."""
+        leaf's full dumpfile line when the parser recorded it.
+
+        Pre-order visits paths in the order of their name lists, so the first
+        path of a leaf is the least (directory path + (name,)); only the few
+        directories holding a hard link are looked into."""
+        counts = self.counts
+        multi = set(compress(counts.keys(), map((1).__lt__, counts.values())))
         canonical: dict[Leaf, tuple[Directory, bytes]] = {}
-        if all(n == 1 for n in self.counts.values()):
+        if not multi:
             return canonical
         if self.opts.c_compat:
-            for leaf, n in self.counts.items():
-                if n > 1 and leaf.primary is not None:
+            for leaf in multi:
+                if isinstance(leaf, Leaf) and leaf.primary is not None:
                     parent_path, _, name = leaf.primary.rpartition(b"/")
                     parent = self.root.get_path(parent_path)
                     if isinstance(parent, Directory) and parent.entries.get(name) is leaf:
                         canonical[leaf] = (parent, name)
-        it_stack = [(self.root, iter(self.root.sorted_entries()))]
-        while it_stack:
-            d, it = it_stack[-1]
-            for name, child in it:
-                if isinstance(child, Directory):
-                    it_stack.append((child, iter(child.sorted_entries())))
-                    break
-                if self.counts[child] > 1 and child not in canonical:
-                    canonical[child] = (d, name)
-            else:
-                it_stack.pop()
+        first: dict[Leaf, tuple[tuple[bytes, ...], Directory, bytes]] = {}
+        stack: list[tuple[Directory, tuple[bytes, ...]]] = [(self.root, ())]
+        while stack:
+            d, path = stack.pop()
+            stack += [(sub, (*path, name)) for name, sub in d.entries.items()
+                      if isinstance(sub, Directory)]
+            if multi.isdisjoint(d.entries.values()):
+                continue
+            for name, child in d.entries.items():
+                if isinstance(child, Leaf) and child in multi and child not in canonical:
+                    where = (*path, name)
+                    known = first.get(child)
+                    if known is None or where < known[0]:
+                        first[child] = (where, d, name)
+        for leaf, (_, d, name) in first.items():
+            canonical[leaf] = (d, name)
         return canonical
 
     def _is_stub(self, name: bytes, leaf: Leaf) -> bool:
@@ -428,72 +505,100 @@ class Collector:
 
     def _collect_bfs(self) -> None:
         canonical = self._canonical_entries()
-        add = self.xattrs.add
+        inodes, counts, make_leaf = self.inodes, self.counts, self._make_leaf
         root_idx = self._new_dir(self.root)
         queue: deque[tuple[Directory, int, int]] = deque([(self.root, root_idx, root_idx)])
-        dirs: list[tuple[int, list[tuple[bytes, int | Leaf, int]]]] = []
+        dirs: list[tuple[int, list[tuple[bytes, int | Leaf, int]], bool]] = []
         while queue:
             d, parent, me = queue.popleft()
             entries: list[tuple[bytes, int | Leaf, int]] = [
                 (b".", me, fmt.FT_DIR), (b"..", parent, fmt.FT_DIR)]
-            had_whiteout = False
-            for name, child in d.sorted_entries():
+            unresolved = had_whiteout = False
+            for name, child in sorted(d.entries.items()):
                 if isinstance(child, Directory):
                     c = self._new_dir(child)
                     queue.append((child, me, c))
                     entries.append((name, c, fmt.FT_DIR))
                     continue
-                where = canonical.get(child)
-                is_canonical = where is None or (where[0] is d and where[1] == name)
-                if is_canonical:
-                    ref: int | Leaf = self._leaf_inode(child)
-                else:  # a later link: its inode may not exist yet (resolved below)
-                    ref = self.hardlinks.get(child, child)
-                if isinstance(ref, Leaf):
-                    entries.append((name, ref, fmt.FT_UNKNOWN))
-                    continue
-                inode = self.inodes[ref]
-                if (is_canonical and inode.kind == CHRDEV and inode.rdev == 0
-                        and not inode.escaped_whiteout
+                if counts[child] == 1:  # no hard links: the inode is made here
+                    ref = len(inodes)
+                    inode = make_leaf(child, 1)
+                    inodes.append(inode)
+                    is_canonical = True
+                else:
+                    where = canonical.get(child)
+                    is_canonical = where is None or (where[0] is d and where[1] == name)
+                    if is_canonical:
+                        ref = self._leaf_inode(child)
+                    elif child in self.hardlinks:
+                        ref = self.hardlinks[child]
+                    else:  # a later link: its inode does not exist yet (resolved below)
+                        entries.append((name, child, fmt.FT_UNKNOWN))
+                        unresolved = True
+                        continue
+                    inode = inodes[ref]
+                if (inode.kind == CHRDEV and is_canonical and inode.i_u == 0  # a whiteout
+                        and inode.ftype == fmt.FT_CHRDEV  # not escaped yet
                         and not (me == root_idx and self._is_stub(name, child))):
-                    inode.escaped_whiteout = True
-                    inode.c_size = 0  # C: "a chardev with nonzero size ... discard that"
-                    add(inode, fmt.ESCAPED_WHITEOUT, b"")
-                    add(inode, fmt.USER_WHITEOUT, b"")
+                    self._escape_whiteout(inode)
                     had_whiteout = True
-                entries.append((name, ref, inode.file_type))
+                entries.append((name, ref, inode.ftype))
             if had_whiteout:
-                inode = self.inodes[me]
-                add(inode, fmt.ESCAPED_WHITEOUTS, b"")
-                add(inode, fmt.USER_WHITEOUTS, b"")
-                if self.opts.version >= 1:
-                    add(inode, fmt.ESCAPED_OPAQUE, b"x")
-                    add(inode, fmt.USER_OPAQUE, b"x")
-            dirs.append((me, entries))
-        for me, entries in dirs:
-            resolved = [self._resolve(e) for e in entries]
-            resolved.sort(key=_entry_name)
-            self._layout_dir(self.inodes[me], resolved)
+                self._mark_whiteout_dir(inodes[me])
+            dirs.append((me, entries, unresolved))
+        for me, entries, unresolved in dirs:
+            if unresolved:
+                self._layout_dir(inodes[me], [self._resolve(e) for e in entries])
+            else:
+                self._layout_dir(inodes[me], entries)  # type: ignore[arg-type]
+
+    def _escape_whiteout(self, inode: Inode) -> None:
+        """A whiteout in the tree becomes a regular file with escaped whiteout
+        xattrs (V0/V1: the real whiteouts are the root stubs)."""
+        inode.ftype = fmt.FT_REG_FILE
+        inode.c_size = 0  # C: "a chardev with nonzero size ... discard that"
+        self.xattrs.add(inode, fmt.ESCAPED_WHITEOUT, b"")
+        self.xattrs.add(inode, fmt.USER_WHITEOUT, b"")
+
+    def _mark_whiteout_dir(self, inode: Inode) -> None:
+        add = self.xattrs.add
+        add(inode, fmt.ESCAPED_WHITEOUTS, b"")
+        add(inode, fmt.USER_WHITEOUTS, b"")
+        if self.opts.version >= 1:
+            add(inode, fmt.ESCAPED_OPAQUE, b"x")
+            add(inode, fmt.USER_OPAQUE, b"x")
 
     def _resolve(self, e: tuple[bytes, int | Leaf, int]) -> DirEntry:
         name, ref, ftype = e
         if isinstance(ref, int):
             return (name, ref, ftype)
         idx = self.hardlinks[ref]
-        return (name, idx, self.inodes[idx].file_type)
+        return (name, idx, self.inodes[idx].ftype)
 
     # -- 6.8
     def _layout_dir(self, inode: Inode, entries: list[DirEntry]) -> None:
+        """Entries in name order, split into full blocks and an inline tail.
+        ``entries`` holds "." and ".." first, then the children in name order."""
+        if len(entries) > 2 and entries[2][0] < b"..":  # a name sorts before "."/".."
+            entries.sort(key=_entry_name)
+        used = fmt.DIRENT.size * len(entries)
+        nlink = 0
+        for name, _, ftype in entries:
+            used += len(name)
+            if ftype == fmt.FT_DIR:
+                nlink += 1
+        inode.nlink = nlink
+        if used <= fmt.INLINE_DIRENTS_MAX:  # the usual directory: all inline
+            inode.dir_inline = entries
+            inode.tail = inode.size = used
+            return
         blocks: list[list[DirEntry]] = []
         cur: list[DirEntry] = []
         used = 0
-        nlink = 0
         for e in entries:
             sz = fmt.DIRENT.size + len(e[0])
             if sz > fmt.BLOCK_SIZE:
                 raise ErofsWriteError(f"file name too long ({len(e[0])} bytes)")
-            if e[2] == fmt.FT_DIR:
-                nlink += 1
             used += sz
             if used <= fmt.BLOCK_SIZE:
                 cur.append(e)
@@ -508,42 +613,60 @@ class Collector:
         inode.n_blocks = len(blocks)
         inode.tail = used
         inode.size = fmt.BLOCK_SIZE * len(blocks) + used
-        inode.nlink = nlink
 
 
-def _entry_name(e: DirEntry) -> bytes:
-    return e[0]
+_entry_name = itemgetter(0)
+
+
+def _metacopy(digest: bytes | None) -> bytes:
+    if digest is not None and len(digest) not in (32, 64):
+        raise ErofsWriteError(f"fs-verity digest of {len(digest)} bytes (must be 32 or 64)")
+    return fmt.metacopy_value(digest)
 
 
 # ---- 6.6, 6.7 ----------------------------------------------------------------------
 
 
-def has_acl(inodes: list[Inode], c_compat: bool) -> bool:
-    """Header flag: C tests the exact ACL names, composefs-rs the prefix index."""
-    for inode in inodes:
-        for name, _value in inode.xattrs:
-            if c_compat:
-                if name in (b"system.posix_acl_access", b"system.posix_acl_default"):
-                    return True
-            elif name.startswith((b"system.posix_acl_access", b"system.posix_acl_default")):
-                return True
-    return False
+def has_acl(xattr_names: Iterable[bytes], c_compat: bool) -> bool:
+    """Header flag, from the stat xattr names (the writer adds no ACLs): C
+    tests the exact ACL names, composefs-rs the prefix index."""
+    acl = (b"system.posix_acl_access", b"system.posix_acl_default")
+    if c_compat:
+        return any(name in acl for name in xattr_names)
+    return any(name.startswith(acl) for name in xattr_names)
 
 
 def _full_key(x: Xattr) -> tuple[bytes, int, bytes]:
     return (x[0], len(x[1]), x[1])
 
 
+def _sort_epoch1(xattrs: list[Xattr]) -> None:
+    """V0/V1 order: by name, then value length, then value.  Plain tuple order
+    (name, then value) is the same while names differ, and needs no key
+    function; a repeated name (a writer marker beside the node's own xattr
+    of that name) takes the full key."""
+    xattrs.sort()
+    if len(set(map(_xattr_name, xattrs))) < len(xattrs):
+        xattrs.sort(key=_full_key)
+
+
+_xattr_name = itemgetter(0)
+
+
 def share_xattrs(inodes: list[Inode], opts: Options) -> list[Xattr]:
     """Move xattrs used more than once to the shared table; returns the table."""
     use_lustre = not opts.epoch1
-    counts: dict[Xattr, int] = {}
-    for inode in inodes:
-        if opts.epoch1 and len(inode.xattrs) > 1:
-            inode.xattrs.sort(key=_full_key)
-        for x in inode.xattrs:
-            counts[x] = counts.get(x, 0) + 1
-    table = [x for x, n in counts.items() if n > 1]
+    if opts.epoch1:
+        for inode in inodes:
+            xattrs = inode.xattrs
+            # Usually already in order (an external file's overlay pair, after
+            # any label): two comparisons instead of a sort.
+            n = len(xattrs)
+            if n > 1 and not ((n == 2 and xattrs[0][0] < xattrs[1][0])
+                              or (n == 3 and xattrs[0][0] < xattrs[1][0] < xattrs[2][0])):
+                _sort_epoch1(xattrs)
+    counts = Counter(chain.from_iterable([inode.xattrs for inode in inodes]))
+    table = list(compress(counts.keys(), map((1).__lt__, counts.values())))  # used twice+
     if not table:
         return table
     if opts.epoch1:
@@ -554,19 +677,25 @@ def share_xattrs(inodes: list[Inode], opts: Options) -> list[Xattr]:
             return (index, suffix, x[1])
         table.sort(key=v2_key)
     position = {x: i for i, x in enumerate(table)}
-    limit = C_MAX_SHARED_REFS if opts.c_compat else None
+    table_position, is_unshared = position.get, position.keys().isdisjoint
+    limit = C_MAX_SHARED_REFS if opts.c_compat else MAX_SHARED_REFS + 1  # C: the rest inline
     for inode in inodes:
-        if not inode.xattrs:
+        xattrs = inode.xattrs
+        if not xattrs or is_unshared(xattrs):
             continue
+        # A plain loop: lists this short are quicker to walk than to map.
+        shared: list[int] = []
         local: list[Xattr] = []
-        for x in inode.xattrs:
-            pos = position.get(x)
-            if pos is not None and (limit is None or len(inode.shared) < limit):
-                inode.shared.append(pos)
-            else:
+        for x in xattrs:
+            pos = table_position(x)
+            if pos is None or len(shared) == limit:
                 local.append(x)
-        if len(inode.shared) > MAX_SHARED_REFS:
-            raise ErofsWriteError(f"an inode references {len(inode.shared)} shared xattrs "
+            else:
+                shared.append(pos)
+        if len(shared) > MAX_SHARED_REFS:
+            n = len(shared) + sum(table_position(x) is not None for x in local)
+            raise ErofsWriteError(f"an inode references {n} shared xattrs "
                                   f"(at most {MAX_SHARED_REFS})")
+        inode.shared = tuple(shared)
         inode.xattrs = local
     return table

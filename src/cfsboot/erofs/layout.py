@@ -1,22 +1,28 @@
-"""Placing and emitting the inode list as image bytes (spec sections 5, 6.9-7).
+"""Placing and writing the inode list as image bytes (spec sections 5, 6.9-7).
 
-Two passes, as the spec describes, but only the first one makes decisions:
-``place()`` walks the inodes once and records every offset, padding and
-block address (none of which depends on a value only known later), and
-``emit()`` writes each record at its recorded offset into a zeroed buffer,
-asserting that what it writes has exactly the size the first pass assumed.
-Padding is therefore never computed twice and cannot disagree.
+One pass over the inodes decides where each one goes (alignment, padding,
+promotion of a long tail to a data block) and emits its record at once, as
+byte pieces in image order: padding, header, xattr body, inline tail.  The
+pieces are joined once at the end.  Three kinds of values depend on
+positions known only after the pass: the nids in directory entries (BFS
+puts children after their directory), shared xattr references (they count
+from the table that follows the inodes) and block addresses (data blocks
+follow the table).  Their pieces are placeholders (or, for a header, a
+bytearray) filled in before the join; the join checks the total size
+against the positions the pass computed.
+
+The pass handles the usual inode (an external file: 25k of a distribution's
+28k) with as little work as it can: it is the serial tail of every digest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
+import struct
+from collections.abc import Sequence
+from itertools import accumulate, compress
 
 from cfsboot.erofs import format as fmt
 from cfsboot.erofs.inodes import (
-    BLKDEV,
-    CHRDEV,
     CHUNKED,
     DIR,
     INLINE,
@@ -26,7 +32,6 @@ from cfsboot.erofs.inodes import (
     Inode,
     Options,
     Xattr,
-    entry_size,
     split_name,
 )
 
@@ -34,33 +39,32 @@ _BS = fmt.BLOCK_SIZE
 _U64 = (1 << 64) - 1
 _U32 = 0xFFFFFFFF
 _U16 = 0xFFFF
-_NULL_CHUNK = b"\xff\xff\xff\xff"
-_V2_CHUNK_FORMAT = 31
+_SLOT = fmt.SLOT_SIZE
+_SLOT_MASK = _SLOT - 1
+_SLOT_ALIGN = ~_SLOT_MASK
+_CHUNK_ENTRY = fmt.CHUNK_ENTRY_SIZE
+_CHUNK_BASED = fmt.LAYOUT_CHUNK_BASED
+_IBODY = fmt.XATTR_IBODY_HEADER.size  # 12
+_COMPACT = fmt.COMPACT_INODE.size  # 32
+_EXTENDED = fmt.EXTENDED_INODE.size  # 64
+_SHIFT, _EXT = fmt.LAYOUT_SHIFT, fmt.INODE_FORMAT_EXTENDED  # i_format = layout << 1 | ext
+_I_U_OFFSET = 16  # of i_u in both inode headers
+_U32_AT = fmt.SHARED_REF  # "<I"
+_COMPACT_INODE = fmt.COMPACT_INODE
+_EXTENDED_INODE = fmt.EXTENDED_INODE
+# An inode header and its xattr body header, packed by one call.
+_COMPACT_INODE_X = struct.Struct(fmt.COMPACT_INODE.format + fmt.XATTR_IBODY_HEADER.format[1:])
+_EXTENDED_INODE_X = struct.Struct(fmt.EXTENDED_INODE.format + fmt.XATTR_IBODY_HEADER.format[1:])
+# A run of null chunk entries to slice an inline chunk index from.
+_NULL_CHUNKS = b"\xff" * _BS
+# Zero padding is sliced from here (a view: no copy).
+_ZERO_BLOCKS = memoryview(bytes(2 * _BS))
+# By dirent file type (an escaped whiteout is stored as a regular file).
+_TYPE_BITS = [0, 0o100000, 0o040000, 0o020000, 0o060000, 0o010000, 0o140000, 0o120000]
 
 
 def _round_up(x: int, a: int) -> int:
     return -(-x // a) * a
-
-
-@dataclass(slots=True)
-class Placement:
-    """Where inode ``i`` lives: everything ``emit`` needs besides the inode."""
-    offset: int  # byte offset of the inode header (nid = offset / 32)
-    compact: bool
-    xattr_size: int
-    layout: int  # fmt.LAYOUT_*
-    blkaddr: int = 0  # first data block, if the inode has data blocks
-    xattr_entries: bytes = b""  # the inline xattr entries, encoded once (by place)
-
-
-@dataclass(slots=True)
-class Layout:
-    inodes: list[Placement]
-    inodes_end: int
-    table_offsets: list[int]
-    data_start: int
-    end: int
-    min_mtime: tuple[int, int]
 
 
 def min_mtime(inodes: list[Inode], opts: Options) -> tuple[int, int]:
@@ -68,33 +72,59 @@ def min_mtime(inodes: list[Inode], opts: Options) -> tuple[int, int]:
     seconds as u64, C as signed i64 (they differ only for negative mtimes)."""
     if not inodes:
         return (0, 0)
-    if opts.c_compat:
-        sec, nsec = min((i.stat.mtime_sec, i.stat.mtime_nsec) for i in inodes)
-        return (sec & _U64, nsec)
-    return min((i.stat.mtime_sec & _U64, i.stat.mtime_nsec) for i in inodes)
+    secs = [inode.stat.mtime_sec for inode in inodes]
+    sec = min(secs)  # signed
+    if sec < 0 and not opts.c_compat:  # as u64, negative seconds are the largest
+        return min([(i.stat.mtime_sec & _U64, i.stat.mtime_nsec) for i in inodes])
+    # The nanoseconds of the few inodes with those seconds (selected in C).
+    nsec = min([i.stat.mtime_nsec for i in compress(inodes, map(sec.__eq__, secs))])
+    return (sec & _U64, nsec)
 
 
-def xattr_size(inode: Inode, use_lustre: bool) -> int:
-    if not inode.shared and not inode.xattrs:
-        return 0
-    return (fmt.XATTR_IBODY_HEADER.size + 4 * len(inode.shared)
-            + sum(entry_size(n, v, use_lustre) for n, v in inode.xattrs))
+# ---- xattr entries -------------------------------------------------------------------
+
+# Zero padding after an entry, by the entry's unpadded length mod 4.
+_XATTR_PAD = [bytes(-n % fmt.XATTR_ALIGN) for n in range(fmt.XATTR_ALIGN)]
 
 
-def _xattr_entries(xattrs: list[Xattr], use_lustre: bool) -> bytes:
-    """The encoded inline entries of one inode (their size is what place needs)."""
-    if len(xattrs) == 1:
-        return _xattr_entry(*xattrs[0], use_lustre)
-    return b"".join([_xattr_entry(n, v, use_lustre) for n, v in xattrs])
+class _EntryEncoder:
+    """Encodes xattr entries.  The entry header with the name suffix, and the
+    padding after the value, are made once per (name, value length): the
+    same for every file's metacopy and redirect xattr."""
+
+    def __init__(self, use_lustre: bool) -> None:
+        self.use_lustre = use_lustre
+        self.frames: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
+
+    def _frame(self, name: bytes, value_size: int) -> tuple[bytes, bytes]:
+        index, suffix = split_name(name, self.use_lustre)
+        head = fmt.XATTR_ENTRY.pack(len(suffix), index, value_size) + suffix
+        frame = self.frames[(name, value_size)] = (head, _XATTR_PAD[(len(head) + value_size) & 3])
+        return frame
+
+    def entry(self, name: bytes, value: bytes) -> bytes:
+        head, pad = self.frames.get((name, len(value))) or self._frame(name, len(value))
+        return head + value + pad
+
+    def entries(self, xattrs: list[Xattr]) -> bytes:
+        """The inline entries of one inode, concatenated."""
+        frames = self.frames
+        if len(xattrs) == 2:  # the usual: an external file's overlay pair
+            (name1, value1), (name2, value2) = xattrs
+            head1, pad1 = frames.get((name1, len(value1))) or self._frame(name1, len(value1))
+            head2, pad2 = frames.get((name2, len(value2))) or self._frame(name2, len(value2))
+            return b"".join((head1, value1, pad1, head2, value2, pad2))
+        parts: list[bytes] = []
+        for name, value in xattrs:
+            head, pad = frames.get((name, len(value))) or self._frame(name, len(value))
+            parts += (head, value, pad)
+        return b"".join(parts)
 
 
-def _fits_compact(inode: Inode, mtime: tuple[int, int]) -> bool:
-    st = inode.stat
-    return ((st.mtime_sec & _U64, st.mtime_nsec) == mtime and inode.nlink <= _U16
-            and st.uid <= _U16 and st.gid <= _U16 and max(inode.size, inode.c_size) <= _U32)
+# ---- placement rules (spec 6.9, 7) -----------------------------------------------------
 
 
-def _data_layout(inode: Inode, opts: Options) -> int:
+def _data_layout(inode: Inode, c_compat: bool) -> int:
     k = inode.kind
     if k == DIR:
         return fmt.LAYOUT_FLAT_INLINE if inode.tail else fmt.LAYOUT_FLAT_PLAIN
@@ -105,7 +135,7 @@ def _data_layout(inode: Inode, opts: Options) -> int:
     if k == CHUNKED:
         return fmt.LAYOUT_CHUNK_BASED
     if k == SYMLINK:
-        if inode.n_blocks or (opts.c_compat and inode.size == 0):
+        if inode.n_blocks or (c_compat and inode.size == 0):
             return fmt.LAYOUT_FLAT_PLAIN  # promoted; C also uses PLAIN for no tail
         return fmt.LAYOUT_FLAT_INLINE
     return fmt.LAYOUT_FLAT_PLAIN
@@ -124,10 +154,15 @@ def _pad_epoch1(inode: Inode, pos: int, hs: int, xs: int, layout: int) -> int:
     if inode.kind == CHUNKED and inode.n_blocks:
         return _BS - in_block if in_block else 0
     if layout == fmt.LAYOUT_FLAT_INLINE or (inode.kind == CHUNKED and inode.tail):
-        start = (pos + hs + xs) % _BS
-        inl = inode.tail
-        if start and _BS - start < inl:
-            return _round_up(_BS - start, fmt.SLOT_SIZE)
+        return _pad_for_tail(pos + hs + xs, inode.tail)
+    return 0
+
+
+def _pad_for_tail(start: int, tail: int) -> int:
+    """Padding that moves an inline tail starting at ``start`` into one block."""
+    start %= _BS
+    if start and _BS - start < tail:
+        return _round_up(_BS - start, fmt.SLOT_SIZE)
     return 0
 
 
@@ -135,7 +170,7 @@ def _pad_v2(inode: Inode, pos: int, xs: int, layout: int) -> int:
     """The legacy rule (7.3), replicated as written."""
     if layout != fmt.LAYOUT_FLAT_INLINE:
         return 0
-    start = pos + fmt.EXTENDED_INODE.size + xs
+    start = pos + _EXTENDED + xs
     eom = start - 1
     iend = start + inode.size % _BS
     if eom // _BS == iend // _BS:
@@ -163,186 +198,201 @@ def _promote_epoch1(inode: Inode, hs: int, xs: int) -> None:
         inode.n_blocks, inode.tail = 1, 0
 
 
-def place(inodes: list[Inode], table: list[Xattr], opts: Options) -> Layout:
-    use_lustre = not opts.epoch1
-    mtime = min_mtime(inodes, opts) if opts.epoch1 else (0, 0)
-    placements: list[Placement] = []
-    append = placements.append
-    pos = fmt.FIRST_INODE_OFFSET
-    header = fmt.XATTR_IBODY_HEADER.size
-    slot_mask = fmt.SLOT_SIZE - 1
-    for inode in inodes:
-        entries = _xattr_entries(inode.xattrs, use_lustre) if inode.xattrs else b""
-        xs = header + 4 * len(inode.shared) + len(entries) if entries or inode.shared else 0
-        if opts.epoch1:
-            compact = _fits_compact(inode, mtime)
-            hs = fmt.COMPACT_INODE.size if compact else fmt.EXTENDED_INODE.size
-            _promote_epoch1(inode, hs, xs)
-            layout = _data_layout(inode, opts)
-            pos = (pos + slot_mask) & ~slot_mask
-            pos += _pad_epoch1(inode, pos, hs, xs, layout)
-        else:
-            compact, hs = False, fmt.EXTENDED_INODE.size
-            layout = _data_layout(inode, opts)
-            pos = _round_up(pos, fmt.SLOT_SIZE)
-            pos += _pad_v2(inode, pos, xs, layout)
-            _check_v2_tail(inode, pos + hs + xs)
-        append(Placement(pos, compact, xs, layout, 0, entries))
-        pos += hs + xs + inode.tail
-    inodes_end = _round_up(pos, fmt.SLOT_SIZE)
-    table_offsets = []
-    pos = inodes_end
-    for name, value in table:
-        table_offsets.append(pos)
-        pos += entry_size(name, value, use_lustre)
-    data_start = _round_up(pos, _BS)
-    pos = data_start
-    for inode, p in zip(inodes, placements, strict=True):
-        if inode.n_blocks:
-            p.blkaddr = pos // _BS
-            pos += _BS * inode.n_blocks
-    return Layout(placements, inodes_end, table_offsets, data_start, pos, mtime)
+# ---- deferred parts ------------------------------------------------------------------
 
-
-# ---- emission ----------------------------------------------------------------------
-
-
-def _i_u(inode: Inode, p: Placement, opts: Options) -> int:
-    k = inode.kind
-    if k == CHUNKED:
-        cf = inode.chunk_format if opts.epoch1 else _V2_CHUNK_FORMAT
-        return (p.blkaddr & 0xFFFF0000) | cf if inode.n_blocks else cf
-    if k in (CHRDEV, BLKDEV):
-        return inode.rdev
-    return p.blkaddr if inode.n_blocks else 0
-
-
-def _dirent_chunk(entries: list[DirEntry], nids: list[int]) -> bytes:
-    out = bytearray(fmt.DIRENT.size * len(entries))
-    nameoff = len(out)
-    for i, (name, idx, ftype) in enumerate(entries):
-        fmt.DIRENT.pack_into(out, fmt.DIRENT.size * i, nids[idx], nameoff, ftype)
+def _dirents(entries: Sequence[DirEntry], nids: list[int]) -> bytes:
+    """One directory block (or inline part): the headers, then the names."""
+    nameoff = fmt.DIRENT.size * len(entries)
+    pack = fmt.DIRENT.pack
+    pieces = []
+    for name, idx, ftype in entries:
+        pieces.append(pack(nids[idx], nameoff, ftype))
         nameoff += len(name)
-    out += b"".join(e[0] for e in entries)
-    return bytes(out)
-
-
-# Zero padding after an entry, by the entry's unpadded length mod 4.
-_XATTR_PAD = [bytes(-n % fmt.XATTR_ALIGN) for n in range(fmt.XATTR_ALIGN)]
-
-
-def _xattr_entry(name: bytes, value: bytes, use_lustre: bool) -> bytes:
-    head = _entry_head(name, len(value), use_lustre)
-    return head + value + _XATTR_PAD[(len(head) + len(value)) & 3]
-
-
-@lru_cache(maxsize=4096)
-def _entry_head(name: bytes, value_size: int, use_lustre: bool) -> bytes:
-    """Entry header and name suffix: the same for every file's metacopy (and
-    redirect) xattr, whose values all have one length."""
-    index, suffix = split_name(name, use_lustre)
-    return fmt.XATTR_ENTRY.pack(len(suffix), index, value_size) + suffix
-
-
-def _xattr_body(inode: Inode, refs: list[int], entries: bytes) -> bytes:
-    head = fmt.XATTR_IBODY_HEADER.pack(~inode.bloom & _U32, len(inode.shared))
-    if not inode.shared:
-        return head + entries
-    return b"".join([head, *[fmt.SHARED_REF.pack(refs[s]) for s in inode.shared], entries])
-
-
-def _inline_part(inode: Inode, nids: list[int]) -> bytes:
-    k = inode.kind
-    if not inode.tail:
-        return b""
-    if k == DIR:
-        return _dirent_chunk(inode.dir_inline, nids)
-    if k == INLINE:
-        return inode.payload[len(inode.payload) - inode.tail:]
-    if k == CHUNKED:
-        return _NULL_CHUNK * (inode.tail // fmt.CHUNK_ENTRY_SIZE)
-    if k == SYMLINK:
-        return inode.payload
-    raise AssertionError(f"inode kind {k} has an inline tail")
+    pieces += [e[0] for e in entries]
+    return b"".join(pieces)
 
 
 def _data_blocks(inode: Inode, nids: list[int]) -> list[bytes]:
     k = inode.kind
     if k == DIR:
-        return [_dirent_chunk(b, nids) for b in inode.dir_blocks]
+        return [_dirents(b, nids) for b in inode.dir_blocks]
     if k == INLINE:
         return [inode.payload[i * _BS:(i + 1) * _BS] for i in range(inode.n_blocks)]
     if k == SYMLINK:
         return [inode.payload[:_BS]]
     if k == CHUNKED:
-        return [_NULL_CHUNK * fmt.MAX_CHUNK_ENTRIES_IN_BLOCK]
+        return [_NULL_CHUNKS]
     raise AssertionError(f"inode kind {k} has data blocks")
 
 
-def _pack_inode(buf: bytearray, idx: int, inode: Inode, p: Placement, opts: Options,
-                xattr_icount: int) -> int:
+def _header_error(inode: Inode, xs: int) -> ErofsWriteError:
+    """What did not fit in an inode header (its packing failed)."""
     st = inode.stat
-    i_u = _i_u(inode, p, opts)
-    if p.compact:
-        fmt.COMPACT_INODE.pack_into(
-            buf, p.offset, fmt.i_format(p.layout, False), xattr_icount, inode.mode,
-            inode.nlink, inode.size, i_u, idx, st.uid, st.gid)
-        return fmt.COMPACT_INODE.size
-    if st.uid > _U32 or st.gid > _U32 or inode.nlink > _U32:
-        raise ErofsWriteError(f"uid/gid/nlink out of range ({st.uid}/{st.gid}/{inode.nlink})")
-    epoch1 = opts.epoch1
-    fmt.EXTENDED_INODE.pack_into(
-        buf, p.offset, fmt.i_format(p.layout, True), xattr_icount, inode.mode,
-        inode.size, i_u, idx if epoch1 else p.offset // fmt.SLOT_SIZE, st.uid, st.gid,
-        st.mtime_sec & _U64, st.mtime_nsec if epoch1 else 0, inode.nlink)
-    return fmt.EXTENDED_INODE.size
+    if xs and (xs - _IBODY) // 4 + 1 > _U16:
+        return ErofsWriteError(f"too many xattrs on one inode ({xs} bytes)")
+    if not all(0 <= v <= _U32 for v in (st.uid, st.gid, inode.nlink)):
+        return ErofsWriteError(f"uid/gid/nlink out of range ({st.uid}/{st.gid}/{inode.nlink})")
+    return ErofsWriteError(f"inode field out of range (size {inode.size}, "
+                           f"mtime {st.mtime_sec}.{st.mtime_nsec}, mode {st.mode:#o})")
 
 
-def emit(inodes: list[Inode], table: list[Xattr], lay: Layout, opts: Options,
-         header_flags: int) -> bytes:
-    use_lustre = not opts.epoch1
-    buf = bytearray(lay.end)
-    fmt.COMPOSEFS_HEADER.pack_into(buf, 0, fmt.COMPOSEFS_MAGIC, fmt.COMPOSEFS_HEADER_VERSION,
+def _zeros(n: int) -> memoryview:
+    assert n <= len(_ZERO_BLOCKS), "no gap in an image is that long"
+    return _ZERO_BLOCKS[:n]
+
+
+# ---- the image -----------------------------------------------------------------------
+
+
+def write_image(inodes: list[Inode], table: list[Xattr], opts: Options,
+                header_flags: int) -> bytes:
+    """The image: a list of byte pieces in image order, joined once (one copy,
+    into memory allocated once).  Pieces whose content is known only later
+    are placeholders, replaced before the join."""
+    epoch1, c_compat = opts.epoch1, opts.c_compat
+    encode_entries = (encoder := _EntryEncoder(use_lustre=not epoch1)).entries
+    msec, mnsec = min_mtime(inodes, opts) if epoch1 else (0, 0)
+    pack_compact, pack_compact_x = _COMPACT_INODE.pack, _COMPACT_INODE_X.pack
+    pack_extended, pack_extended_x = _EXTENDED_INODE.pack, _EXTENDED_INODE_X.pack
+
+    # [0]: the composefs header and superblock, made last.
+    parts: list[bytes | bytearray | memoryview] = [b""]
+    nids: list[int] = []
+    dirs: list[tuple[Inode, int]] = []  # (directory, index of its inline dirents piece)
+    refs: list[tuple[int, tuple[int, ...]]] = []  # (piece index, shared table positions)
+    blocked: list[tuple[Inode, bytearray]] = []  # (inode with data blocks, its header)
+    end = pos = fmt.FIRST_INODE_OFFSET
+    for idx, inode in enumerate(inodes):
+        xattrs, shared, kind, st, tail = (inode.xattrs, inode.shared, inode.kind, inode.stat,
+                                          inode.tail)
+        entries = encode_entries(xattrs) if xattrs else b""
+        xs = _IBODY + 4 * len(shared) + len(entries) if xattrs or shared else 0
+        pos = (pos + _SLOT_MASK) & _SLOT_ALIGN
+        if epoch1:
+            compact = ((st.mtime_sec & _U64) == msec and st.mtime_nsec == mnsec
+                       and inode.nlink <= _U16 and st.uid <= _U16 and st.gid <= _U16
+                       and inode.size <= _U32 and inode.c_size <= _U32)
+            hs = _COMPACT if compact else _EXTENDED
+            if kind == CHUNKED and tail <= _CHUNK_ENTRY:
+                # The usual inode (an external file): a one-entry chunk index
+                # is never promoted and, 4-byte aligned, never crosses a block.
+                layout = _CHUNK_BASED
+            else:
+                _promote_epoch1(inode, hs, xs)
+                tail = inode.tail
+                layout = _data_layout(inode, c_compat)
+                pos += _pad_epoch1(inode, pos, hs, xs, layout)
+        else:
+            compact, hs = False, _EXTENDED
+            layout = _data_layout(inode, c_compat)
+            pos += _pad_v2(inode, pos, xs, layout)
+            _check_v2_tail(inode, pos + hs + xs)
+        if pos != end:  # alignment and padding (at most a block and a slot)
+            parts.append(_ZERO_BLOCKS[:pos - end])
+        nids.append(pos >> 5)
+
+        # The header, and the xattr body header after it in the same call.
+        # Out-of-range fields (uid, nlink, xattr count...) fail the packing.
+        mode = _TYPE_BITS[inode.ftype] | (st.mode & 0o7777)
+        try:
+            if xs:
+                icount = (xs - _IBODY) // 4 + 1
+                if compact:
+                    header = pack_compact_x(layout << _SHIFT, icount, mode, inode.nlink,
+                                            inode.size, inode.i_u, idx, st.uid, st.gid,
+                                            ~inode.bloom & _U32, len(shared))
+                else:
+                    header = pack_extended_x((layout << _SHIFT) | _EXT, icount, mode,
+                                             inode.size, inode.i_u, idx if epoch1 else pos >> 5,
+                                             st.uid, st.gid, st.mtime_sec & _U64,
+                                             st.mtime_nsec if epoch1 else 0, inode.nlink,
+                                             ~inode.bloom & _U32, len(shared))
+            elif compact:
+                header = pack_compact(layout << _SHIFT, 0, mode, inode.nlink, inode.size,
+                                      inode.i_u, idx, st.uid, st.gid)
+            else:
+                header = pack_extended((layout << _SHIFT) | _EXT, 0, mode, inode.size,
+                                       inode.i_u, idx if epoch1 else pos >> 5, st.uid, st.gid,
+                                       st.mtime_sec & _U64, st.mtime_nsec if epoch1 else 0,
+                                       inode.nlink)
+        except struct.error:
+            raise _header_error(inode, xs) from None
+        if inode.n_blocks:  # i_u gets the block address, known after this pass
+            patchable = bytearray(header)
+            blocked.append((inode, patchable))
+            parts.append(patchable)
+        else:
+            parts.append(header)
+        if shared:
+            refs.append((len(parts), shared))
+            parts.append(b"")
+        if entries:
+            parts.append(entries)
+        if tail:
+            if kind == CHUNKED:
+                parts.append(_NULL_CHUNKS[:tail])
+            elif kind == DIR:
+                dirs.append((inode, len(parts)))
+                parts.append(b"")
+            elif kind == INLINE:
+                parts.append(inode.payload[len(inode.payload) - tail:])
+            elif kind == SYMLINK:
+                parts.append(inode.payload)
+            else:
+                raise AssertionError(f"inode kind {kind} has an inline tail")
+        end = pos = pos + hs + xs + tail
+
+    inodes_end = (pos + _SLOT_MASK) & _SLOT_ALIGN
+    parts.append(_zeros(inodes_end - pos))
+    table_entries = [encoder.entry(name, value) for name, value in table]
+    parts += table_entries
+    table_offsets = list(accumulate(map(len, table_entries), initial=inodes_end))
+    table_end = table_offsets.pop()
+    data_start = _round_up(table_end, _BS)
+    parts.append(_zeros(data_start - table_end))
+
+    # Shared refs count 4-byte units from the table's block (V0/V1) or from 0 (V2).
+    base = inodes_end % _BS - inodes_end if epoch1 else 0
+    ref_values = [(base + off) // 4 for off in table_offsets]
+    ref_bytes: dict[tuple[int, ...], bytes] = {}  # inodes share few distinct sets
+    for at, positions in refs:
+        packed = ref_bytes.get(positions)
+        if packed is None:
+            packed = ref_bytes[positions] = b"".join(
+                map(_U32_AT.pack, map(ref_values.__getitem__, positions)))
+        parts[at] = packed
+    for inode, at in dirs:
+        parts[at] = _dirents(inode.dir_inline, nids)
+    blkaddr = data_start // _BS
+    for inode, patchable in blocked:
+        i_u = blkaddr if inode.kind != CHUNKED else (blkaddr & 0xFFFF0000) | inode.i_u
+        _U32_AT.pack_into(patchable, _I_U_OFFSET, i_u)
+        blocks = _data_blocks(inode, nids)
+        assert len(blocks) == inode.n_blocks
+        for block in blocks:
+            parts += (block, _zeros(_BS - len(block)))
+        blkaddr += inode.n_blocks
+    image_end = blkaddr * _BS
+
+    parts[0] = _header_and_superblock(opts, header_flags, nids[0], len(inodes),
+                                      (msec, mnsec), inodes_end, image_end)
+    image = b"".join(parts)
+    assert len(image) == image_end, "a piece's size differs from its placement"
+    return image
+
+
+def _header_and_superblock(opts: Options, header_flags: int, root_nid: int,
+                           inode_count: int, mtime: tuple[int, int], inodes_end: int,
+                           image_end: int) -> bytearray:
+    """The image's first 1152 bytes: composefs header, zeros, EROFS superblock."""
+    out = bytearray(fmt.FIRST_INODE_OFFSET)
+    fmt.COMPOSEFS_HEADER.pack_into(out, 0, fmt.COMPOSEFS_MAGIC, fmt.COMPOSEFS_HEADER_VERSION,
                                    header_flags, opts.version)
-    root_nid = lay.inodes[0].offset // fmt.SLOT_SIZE
     if root_nid > _U16:
         raise ErofsWriteError("root inode does not fit in the superblock's 16-bit root_nid")
-    epoch1 = opts.epoch1
     fmt.SUPERBLOCK.pack_into(
-        buf, fmt.SUPERBLOCK_OFFSET, fmt.EROFS_MAGIC, 0,
+        out, fmt.SUPERBLOCK_OFFSET, fmt.EROFS_MAGIC, 0,
         fmt.FEATURE_COMPAT_MTIME | fmt.FEATURE_COMPAT_XATTR_FILTER, fmt.BLOCK_BITS, 0,
-        root_nid, len(inodes), lay.min_mtime[0], lay.min_mtime[1], lay.end // _BS, 0,
-        lay.inodes_end // _BS if epoch1 else 0, b"", b"", 0, 0, 0, 0, 0, 0, 0, 0, 0)
-
-    if epoch1:
-        base = lay.inodes_end % _BS - lay.inodes_end
-        refs = [(base + off) // 4 for off in lay.table_offsets]
-    else:
-        refs = [off // 4 for off in lay.table_offsets]
-    nids = [p.offset // fmt.SLOT_SIZE for p in lay.inodes]
-
-    for idx, (inode, p) in enumerate(zip(inodes, lay.inodes, strict=True)):
-        xattr_icount = 0 if p.xattr_size == 0 else (p.xattr_size - 12) // 4 + 1
-        if xattr_icount > _U16:
-            raise ErofsWriteError(f"too many xattrs on one inode ({p.xattr_size} bytes)")
-        pos = p.offset + _pack_inode(buf, idx, inode, p, opts, xattr_icount)
-        if p.xattr_size:
-            body = _xattr_body(inode, refs, p.xattr_entries)
-            assert len(body) == p.xattr_size, "xattr size differs between passes"
-            buf[pos:pos + len(body)] = body
-            pos += len(body)
-        tail = _inline_part(inode, nids)
-        assert len(tail) == inode.tail, "inline size differs between passes"
-        buf[pos:pos + len(tail)] = tail
-        if inode.n_blocks:
-            blocks = _data_blocks(inode, nids)
-            assert len(blocks) == inode.n_blocks
-            start = p.blkaddr * _BS
-            for i, block in enumerate(blocks):
-                buf[start + i * _BS:start + i * _BS + len(block)] = block
-
-    for (name, value), off in zip(table, lay.table_offsets, strict=True):
-        entry = _xattr_entry(name, value, use_lustre)
-        buf[off:off + len(entry)] = entry
-    assert len(buf) == lay.end
-    return bytes(buf)
+        root_nid, inode_count, mtime[0], mtime[1], image_end // _BS, 0,
+        inodes_end // _BS if opts.epoch1 else 0, b"", b"", 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    return out

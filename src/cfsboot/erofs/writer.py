@@ -7,6 +7,7 @@ erofs-image.md; section 11 lists what ``c_compat`` changes).
 
 The work is split in two modules: ``inodes`` (tree -> ordered inode list with
 xattrs and directory entries) and ``layout`` (offsets, padding, bytes).
+It is the serial tail of every digest, so both are written for speed too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import gc
 
 from cfsboot.erofs import format as fmt
 from cfsboot.erofs.inodes import Collector, ErofsWriteError, Options, has_acl, share_xattrs
-from cfsboot.erofs.layout import emit, place
+from cfsboot.erofs.layout import write_image
 from cfsboot.tree.model import Directory, Leaf, is_whiteout
 
 __all__ = ["ErofsWriteError", "c_effective_version", "mkfs_erofs"]
@@ -41,12 +42,12 @@ def mkfs_erofs(root: Directory, version: int = 1, *, c_compat: bool = False) -> 
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        inodes = Collector(root, opts).collect()
+        collector = Collector(root, opts)
+        inodes = collector.collect()
         flags = (fmt.COMPOSEFS_FLAG_HAS_ACL
-                 if opts.epoch1 and has_acl(inodes, c_compat) else 0)
+                 if opts.epoch1 and has_acl(collector.own_xattr_names, c_compat) else 0)
         table = share_xattrs(inodes, opts)
-        layout = place(inodes, table, opts)
-        return emit(inodes, table, layout, opts, flags)
+        return write_image(inodes, table, opts, flags)
     finally:
         if gc_was_enabled:
             gc.enable()
