@@ -15,8 +15,9 @@ from __future__ import annotations
 import gc
 
 from cfsboot.erofs import format as fmt
-from cfsboot.erofs.inodes import Collector, ErofsWriteError, Options, has_acl, share_xattrs
+from cfsboot.erofs.inodes import Collector, ErofsWriteError, Options
 from cfsboot.erofs.layout import write_image
+from cfsboot.erofs.xattrs import has_acl, share_xattrs
 from cfsboot.tree.model import Directory, Leaf, is_whiteout
 
 __all__ = ["ErofsWriteError", "c_effective_version", "mkfs_erofs"]
