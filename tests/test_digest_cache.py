@@ -136,3 +136,9 @@ def test_cli_answers_an_unchanged_tree_without_the_heavy_modules(
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [expected, "heavy: []"]
+
+
+def test_light_digest_sizes_agree() -> None:
+    from cfsboot.boot.digest_cache import DIGEST_SIZE
+    from cfsboot.fsverity import DIGEST_SIZE as REAL
+    assert DIGEST_SIZE == REAL

@@ -12,8 +12,11 @@ from typing import NamedTuple
 
 from cfsboot import __version__
 from cfsboot.errors import CfsError
-from cfsboot.fsverity.digest import DIGEST_SIZE
 from cfsboot.tree.hashcache import HashCache, TreeFingerprint, fingerprint_tree
+
+# fs-verity digest sizes (as cfsboot.fsverity.DIGEST_SIZE; that package pulls
+# in hashlib, which an answer from the cache does not need).
+DIGEST_SIZE = {"sha256": 32, "sha512": 64}
 
 # bootc's exact refusal (crates/lib/src/bootc_composefs/digest.rs).
 ROOT_REFUSAL = "Cannot operate on active root filesystem; mount separate target instead"

@@ -25,7 +25,6 @@ Caveats, handled the way git handles its index:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -199,6 +198,13 @@ class HashCache:
             raise HashCacheError(f"cannot write cache {self.path}: {e.strerror}") from e
 
 
+def _sha256(data: bytes) -> bytes:
+    # hashlib (OpenSSL) is imported on first use: with the C accelerator, a run
+    # answered from the cache never hashes in Python.
+    import hashlib
+    return hashlib.sha256(data).digest()
+
+
 class TreeFingerprint:
     """The state of a whole tree: each entry's name and full stat identity
     (inode, size, mode, owner, mtime and ctime, …).
@@ -242,13 +248,12 @@ class TreeFingerprint:
         for name, _full, st, _, _ in entries:
             assert st is not None  # the scan redid every entry the C lister could not read
             parts.append(self._record(name, st))
-        self._directories.append(hashlib.sha256(b"".join(parts)).digest())
+        self._directories.append(_sha256(b"".join(parts)))
 
     def digest(self) -> bytes:
         if self._digest is not None:
             return self._digest
-        return hashlib.sha256(self.salt + self._root
-                              + b"".join(sorted(self._directories))).digest()
+        return _sha256(self.salt + self._root + b"".join(sorted(self._directories)))
 
     def is_settled(self, started_ns: int) -> bool:
         """True when no ctime is recent enough to be racily clean."""
