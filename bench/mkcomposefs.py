@@ -64,7 +64,7 @@ def main() -> int:
     (fw, fc), (cw, cc), (ow, oc) = best["floor"], best["c"], best["ours"]
     print(f"tree: {root}: {len(files)} files; threads: {thread_count()}; images identical")
     print(f"floor (sha256, {thread_count()} threads)  wall {fw:6.3f} s  cpu {fc:6.3f} s")
-    print(f"C mkcomposefs 1.0.8 (1 thread)   wall {cw:6.3f} s  cpu {cc:6.3f} s")
+    print(f"C mkcomposefs 1.0.8              wall {cw:6.3f} s  cpu {cc:6.3f} s")
     print(f"cfsboot mkcomposefs              wall {ow:6.3f} s  cpu {oc:6.3f} s")
     print(f"ratio cfsboot/C (wall): {ow / cw:.2f}   cfsboot/floor (wall): {ow / fw:.2f}")
     return 0
