@@ -23,23 +23,24 @@ from cfsboot.native import NativeModule
 from cfsboot.tree import hashcache
 
 
-@pytest.fixture(params=["x8", "one-block"])
+@pytest.fixture(params=["multibuffer", "one-block"])
 def c(request: pytest.FixtureRequest) -> Iterator[NativeModule]:
-    """The C module, hashing SHA-512 eight blocks at a time (AVX-512) or one by one."""
+    """The C module, hashing blocks in AVX-512 lanes (SHA-512 eight, SHA-256
+    sixteen at a time) or one by one."""
     if native.module is None:
         if os.environ.get("CI"):
             pytest.fail("cfsboot._native was not built (make setup builds it; needs libssl-dev)")
         pytest.skip("cfsboot._native not built (needs gcc and libssl-dev at install time)")
     from cfsboot import _native
-    was = _native.x8()
-    if request.param == "x8" and not _native.x8(True):
-        pytest.skip("this CPU has no AVX-512: SHA-512 is hashed one block at a time")
+    was = _native.multibuffer()
+    if request.param == "multibuffer" and not _native.multibuffer(True):
+        pytest.skip("this CPU has no AVX-512: blocks are hashed one at a time")
     if request.param == "one-block":
-        _native.x8(False)
+        _native.multibuffer(False)
     try:
         yield native.module
     finally:
-        _native.x8(was)
+        _native.multibuffer(was)
 
 
 BLOCK = 4096
@@ -80,18 +81,18 @@ def test_sha256_three_level_tree(c: NativeModule) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(hs.integers(0, 600_000), hs.sampled_from(["sha256", "sha512"]), hs.booleans())
-def test_random_sizes(size: int, alg: str, x8: bool) -> None:
+def test_random_sizes(size: int, alg: str, lanes: bool) -> None:
     if native.module is None:
         pytest.skip("cfsboot._native not built")
     from cfsboot import _native
-    was = _native.x8()
-    _native.x8(x8)
+    was = _native.multibuffer()
+    _native.multibuffer(lanes)
     try:
         data = data_of(size)
         assert native.module.digest_buffer(data, KERNEL_ALG_ID[alg]) == reference_digest(
             data, alg)
     finally:
-        _native.x8(was)
+        _native.multibuffer(was)
 
 
 def test_digests_equal_fsverity_utils(c: NativeModule, tmp_path: Path) -> None:

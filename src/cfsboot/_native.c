@@ -17,36 +17,39 @@
  *
  * Files:
  *  - _native.c (this one): the module only: method table, docstrings,
- *    PyInit__native (creates the Stat type, picks the x8 default) and x8().
+ *    PyInit__native (creates the Stat type, picks the multi-buffer default)
+ *    and multibuffer().
  *  - _native_verity.c: the fs-verity Merkle tree, digest_fd, digest_buffer,
- *    digest_paths (with the small-file batching and the x8 switch state).
+ *    digest_paths (with the small-file batching and the multi-buffer switch).
  *  - _native_walk.c: fingerprint_tree (the --cache walk) and list_directory
  *    (the tree scan's directory listing, with the Stat struct sequence).
- *  - _native.h: what they share; _sha512x8.c/.h: SHA-512 in AVX-512 lanes.
+ *  - _native.h: what they share; _sha512x8.c, _sha256x16.c (_multibuffer.h):
+ *    SHA-512 and SHA-256 of many blocks at once in AVX-512 lanes.
  */
 #include "_native.h"
 
-#include "_sha512x8.h"
+#include "_multibuffer.h"
 
-/* x8(enabled: bool | None = None) -> bool: whether SHA-512 blocks are hashed
- * eight at a time; with an argument, first switch it (on only where the CPU can). */
-static PyObject *py_x8(PyObject *self, PyObject *args)
+/* multibuffer(enabled: bool | None = None) -> bool: whether blocks are hashed
+ * in AVX-512 lanes (SHA-512 eight, SHA-256 sixteen at a time); with an
+ * argument, first switch it (on only where the CPU can). */
+static PyObject *py_multibuffer(PyObject *self, PyObject *args)
 {
     PyObject *enable = Py_None;
-    if (!PyArg_ParseTuple(args, "|O:x8", &enable))
+    if (!PyArg_ParseTuple(args, "|O:multibuffer", &enable))
         return NULL;
     if (enable != Py_None) {
         int on = PyObject_IsTrue(enable);
         if (on < 0)
             return NULL;
-        cfs_use_x8 = on && sha512x8_available();
+        cfs_multibuffer = on && sha512x8_available();
     }
-    return PyBool_FromLong(cfs_use_x8);
+    return PyBool_FromLong(cfs_multibuffer);
 }
 
 static PyMethodDef methods[] = {
-    {"x8", py_x8, METH_VARARGS,
-     "x8(enabled=None) -> bool: SHA-512 eight blocks at a time (AVX-512); switch it."},
+    {"multibuffer", py_multibuffer, METH_VARARGS,
+     "multibuffer(enabled=None) -> bool: hash blocks in AVX-512 lanes; switch it."},
     {"digest_fd", cfs_py_digest_fd, METH_VARARGS,
      "digest_fd(fd, alg) -> (fs-verity digest, bytes read): fd from its position to EOF."},
     {"digest_buffer", cfs_py_digest_buffer, METH_VARARGS,
@@ -71,7 +74,7 @@ PyMODINIT_FUNC PyInit__native(void)
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
-    cfs_use_x8 = sha512x8_available();
+    cfs_multibuffer = sha512x8_available();
     if (!cfs_stat_type && !(cfs_stat_type = PyStructSequence_NewType(&cfs_stat_desc))) {
         Py_DECREF(m);
         return NULL;

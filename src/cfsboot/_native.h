@@ -1,7 +1,8 @@
 /*
  * cfsboot._native: what its three files share.
  *
- *   _native.c         the module: method table, docstrings, PyInit__native, x8()
+ *   _native.c         the module: method table, docstrings, PyInit__native,
+ *                     multibuffer()
  *   _native_verity.c  fs-verity Merkle tree; digest_fd, digest_buffer, digest_paths
  *   _native_walk.c    fingerprint_tree (the cache's walk); list_directory and Stat
  *
@@ -58,9 +59,9 @@ static inline PyObject *cfs_time_ns(const struct timespec *t)
 
 /* ---- _native_verity.c ------------------------------------------------------ */
 
-/* Whether SHA-512 blocks are hashed eight at a time (_sha512x8.c); x8() and
- * PyInit__native (_native.c) set it. */
-extern int cfs_use_x8;
+/* Whether blocks are hashed in AVX-512 lanes (_multibuffer.h); multibuffer()
+ * switches it. */
+extern int cfs_multibuffer;
 
 PyObject *cfs_py_digest_fd(PyObject *self, PyObject *args);
 PyObject *cfs_py_digest_buffer(PyObject *self, PyObject *args);

@@ -5,7 +5,7 @@
  * The Merkle tree over 4096-byte blocks, and digest_fd / digest_buffer /
  * digest_paths on top of it.  digest_paths reads small files whole into one
  * batch buffer so that SHA-512 can hash their blocks eight at a time across
- * files (_sha512x8.c), when cfs_use_x8 says so.
+ * files (_sha512x8.c, _sha256x16.c), when cfs_multibuffer says so.
  */
 #include "_native.h"
 
@@ -18,7 +18,7 @@
 
 #include <openssl/sha.h>
 
-#include "_sha512x8.h"
+#include "_multibuffer.h"
 
 #define BLOCK 4096
 #define READ_SIZE (1 << 20)
@@ -76,20 +76,39 @@ static int merkle_push(merkle *m, int k, const unsigned char *hash)
     return 0;
 }
 
-/* Whether to hash SHA-512 blocks eight at a time (_sha512x8.c): set at import
- * from the CPU's features; tests switch it off to check the other path. */
-int cfs_use_x8;
+/* Whether to hash blocks in AVX-512 lanes (SHA-512 eight, SHA-256 sixteen at a
+ * time: _sha512x8.c, _sha256x16.c): set at import from the CPU's features;
+ * tests switch it off to check the one-block path. */
+int cfs_multibuffer;
+
+/* How many blocks one multi-buffer call hashes (1: one at a time). */
+static size_t lanes_for(int alg)
+{
+    return !cfs_multibuffer ? 1 : alg == ALG_SHA512 ? 8 : 16;
+}
+
+/* The hashes of lanes_for(alg) blocks into out, 512 bytes either way. */
+static void hash_lanes(int alg, const unsigned char *const blocks[], unsigned char *out)
+{
+    if (alg == ALG_SHA512)
+        sha512x8_blocks(blocks, out);
+    else
+        sha256x16_blocks(blocks, out);
+}
 
 /* Hash `count` consecutive blocks into level 0. */
 static int merkle_blocks(merkle *m, const unsigned char *data, size_t count)
 {
-    unsigned char hashes[8 * 64];
-    size_t i = 0;
-    if (m->alg == ALG_SHA512 && cfs_use_x8) {
-        for (; i + 8 <= count; i += 8) {
-            sha512x8_4k(data + i * BLOCK, hashes);
-            for (int lane = 0; lane < 8; lane++)
-                if (merkle_push(m, 0, hashes + 64 * lane) < 0)
+    unsigned char hashes[512];
+    const unsigned char *blocks[16];
+    size_t i = 0, lanes = lanes_for(m->alg);
+    if (lanes > 1) {
+        for (; i + lanes <= count; i += lanes) {
+            for (size_t k = 0; k < lanes; k++)
+                blocks[k] = data + (i + k) * BLOCK;
+            hash_lanes(m->alg, blocks, hashes);
+            for (size_t k = 0; k < lanes; k++)
+                if (merkle_push(m, 0, hashes + m->hash_size * k) < 0)
                     return -1;
         }
     }
@@ -325,10 +344,9 @@ static int finish_small_files(file_result *results, size_t n, int alg)
     if (cfs_buf_reserve(&batch_hashes, blocks * 64 + 1))
         return ENOMEM;
     unsigned char *hashes = (unsigned char *)batch_hashes.data;
-    const unsigned char *lanes[8];
-    unsigned char *outs[8], eight[8 * 64];
-    int queued = 0;
-    size_t next = 0;
+    const unsigned char *lanes[16];
+    unsigned char *outs[16], together[512];
+    size_t queued = 0, next = 0, width = lanes_for(alg), hash_size = alg == ALG_SHA512 ? 64 : 32;
     for (size_t i = 0; i < n; i++) {
         if (!results[i].waiting)
             continue;
@@ -336,15 +354,15 @@ static int finish_small_files(file_result *results, size_t n, int alg)
         for (size_t b = 0; b < (results[i].size + BLOCK - 1) / BLOCK; b++) {
             lanes[queued] = data + b * BLOCK;
             outs[queued++] = hashes + 64 * next++;
-            if (queued == 8) {
-                sha512x8_blocks(lanes, eight);
-                for (int k = 0; k < 8; k++)
-                    memcpy(outs[k], eight + 64 * k, 64);
+            if (queued == width) {
+                hash_lanes(alg, lanes, together);
+                for (size_t k = 0; k < width; k++)
+                    memcpy(outs[k], together + hash_size * k, hash_size);
                 queued = 0;
             }
         }
     }
-    for (int k = 0; k < queued; k++)
+    for (size_t k = 0; k < queued; k++)
         hash_block(alg, lanes[k], outs[k]);
     merkle *m = scratch_tree;
     next = 0;
@@ -387,7 +405,7 @@ static void digest_one(int dir_fd, const char *path, int alg, int nofollow, file
         r->err = errno;
     else if (nofollow && !S_ISREG(r->before.st_mode))
         r->err = NOT_REGULAR;
-    else if (alg == ALG_SHA512 && cfs_use_x8 && S_ISREG(r->before.st_mode) &&
+    else if (cfs_multibuffer && S_ISREG(r->before.st_mode) &&
              r->before.st_size <= SMALL_FILE && (small = read_small_file(fd, r)) > 0)
         r->err = small; /* (the digest comes from finish_small_files) */
     else if (small == 0 || !(r->err = digest_fd_nogil(fd, alg, r->digest, &r->size))) {

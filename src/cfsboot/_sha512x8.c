@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "_sha512x8.h"
+#include "_multibuffer.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
