@@ -7,36 +7,36 @@ is kept — filtering is the transforms' job.  Regular files of at most
 ``inline_max`` bytes are stored inline; larger ones become ``External``
 objects named by their fs-verity digest.
 
-The pipeline is built for throughput: one thread walks the metadata (cheap
-syscalls) and hands every large file to the hashers as soon as it is found,
-so the walk overlaps the hashing.  Each file is read exactly once, in large
-reads, through a bounded buffer.  With a cache, unchanged files are not read
-at all.
+The pipeline is built for throughput: one thread walks the metadata
+(scan_entries.py; with the C accelerator a whole directory per call) and
+hands every large file to the hashers as soon as it is found, so the walk
+overlaps the hashing.  Each file is read exactly once, in large reads,
+through a bounded buffer.  With a cache, unchanged files are not read at all.
 
-Without a sink (only digests are wanted) the hashers are forked processes
-(``digest_files_detailed``): fs-verity hashes 4 KiB blocks one by one, and
-threads doing that keep fighting over the GIL.  Files of up to 1 MiB are fed
-in walk order while the walk goes on; larger ones are held back and fed
-largest first once the walk is done, so the last files hashed are small and
-the workers finish together.  With a sink (an object store), the same chunks
-are also copied into the store, which a pool of threads does: the walker
-queues each directory's files and the threads take the largest known first.
+Without a sink (only digests are wanted) the hashers are threads running the
+C accelerator (no GIL while hashing; results are taken in any order), or,
+without it, forked processes (``digest_files_detailed``): fs-verity hashes
+4 KiB blocks one by one, and Python threads doing that keep fighting over
+the GIL.  Files of up to 1 MiB are fed in walk order while the walk goes on;
+larger ones are held back and fed largest first once the walk is done, so
+the last files hashed are small and the workers finish together.  With a
+sink (an object store), the same chunks are also copied into the store,
+which a pool of threads does (hash_pool.py): the walker queues each
+directory's files and the threads take the largest known first.  Paths
+longer than PATH_MAX are reached one component at a time.
 """
 
 from __future__ import annotations
 
 import errno
 import gc
-import heapq
 import os
 import stat as st_
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from cfsboot import native
-from cfsboot.errors import CfsError
 from cfsboot.fsverity import digest_fd
 from cfsboot.fsverity.digest import KERNEL_ALG_ID
 from cfsboot.fsverity.files import NOT_REGULAR, digest_files_detailed
@@ -44,6 +44,7 @@ from cfsboot.fsverity.native_pool import NOT_REGULAR_CODE, NativePool
 from cfsboot.native import ListedEntry, StatLike
 from cfsboot.tree.counts import ScanCounts
 from cfsboot.tree.digest_store import ObjectSink
+from cfsboot.tree.hash_pool import HashPool
 from cfsboot.tree.hashcache import HashCache, TreeFingerprint, cache_key
 from cfsboot.tree.model import (
     BlockDevice,
@@ -55,25 +56,32 @@ from cfsboot.tree.model import (
     Leaf,
     LeafContent,
     Socket,
-    Stat,
     Symlink,
 )
+from cfsboot.tree.progress import ByteProgress
+from cfsboot.tree.scan_entries import (
+    OPEN_FILE,
+    ScanError,
+    entry_stat,
+    read_small,
+    read_small_at,
+    read_xattrs,
+    shown,
+)
+from cfsboot.tree.scan_entries import list_entries as _entries
+
+__all__ = ["ScanCounts", "ScanError", "ScanOptions", "ScanResult", "scan_directory"]
 
 _S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, st_.S_IFDIR, st_.S_IFREG
 # Content of a leaf whose digest is still being computed (replaced before the
 # scan returns; a shared constant because the walk makes 10⁵ of them).
 _UNHASHED = External(0, b"", None)
 
-_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Files larger than this are hashed after the walk, largest first (see above).
 _DEFER_BYTES = 1 << 20
 # Paths this long go through directory descriptors (PATH_MAX is 4096 with the NUL).
 _LONG_PATH = 4000
-
-
-class ScanError(CfsError):
-    """The directory tree could not be read."""
 
 
 @dataclass
@@ -181,8 +189,8 @@ class _Scanner:
     # ---- the two pipelines -------------------------------------------------
 
     def scan_with_threads(self, root_st: os.stat_result, threads: int) -> Directory:
-        root = Directory(_stat(self.root_path, root_st))
-        pool = _HashPool(threads, self.hash_job, self.progress)
+        root = Directory(entry_stat(self.root_path, root_st))
+        pool = HashPool(threads, self.hash_job, self.progress)
         try:
             for batch in self.walk(root, root_st):
                 pool.check()  # the first error stops the walk too
@@ -213,7 +221,7 @@ class _Scanner:
                          module: native.NativeModule) -> Directory:
         """Hashing threads running the C accelerator (no GIL while hashing);
         results are taken as they come, in no particular order."""
-        root = Directory(_stat(self.root_path, root_st))
+        root = Directory(entry_stat(self.root_path, root_st))
         pool: NativePool[_Job] = NativePool(module, KERNEL_ALG_ID[self.options.alg], workers,
                                            nofollow=True, cost=_job_size)
         try:
@@ -226,7 +234,7 @@ class _Scanner:
         return root
 
     def scan_with_processes(self, root_st: os.stat_result, workers: int) -> Directory:
-        root = Directory(_stat(self.root_path, root_st))
+        root = Directory(entry_stat(self.root_path, root_st))
         # Results come in the order fed; the generator is closed on any error,
         # which stops and reaps the workers.  Small files travel to the workers
         # several to a message (cost = size).
@@ -248,9 +256,9 @@ class _Scanner:
         digest, size, mode, dev, ino, st_size, mtime_ns, ctime_ns, unchanged = result
         listed = job.st
         if not st_.S_ISREG(mode) or dev != listed.st_dev or ino != listed.st_ino:
-            raise ScanError(f"{_shown(job.path)} was replaced while scanning")
+            raise ScanError(f"{shown(job.path)} was replaced while scanning")
         if size != listed.st_size:
-            raise ScanError(f"{_shown(job.path)} changed size while scanning "
+            raise ScanError(f"{shown(job.path)} changed size while scanning "
                             f"({listed.st_size} -> {size} bytes)")
         cache = self.options.cache
         if (cache is not None and unchanged and st_size == listed.st_size
@@ -289,7 +297,7 @@ class _Scanner:
                 assert st is not None  # _entries redid what the C lister could not read
                 fmt = st.st_mode & _S_IFMT
                 if fmt == _S_IFDIR:
-                    child = Directory(_stat(full, st, xattrs))
+                    child = Directory(entry_stat(full, st, xattrs))
                     children[name] = child
                     stack.append((child, full))
                     counts.directories += 1
@@ -302,7 +310,7 @@ class _Scanner:
                         counts.hardlinks += 1
                         continue
                 if fmt == _S_IFREG and st.st_size > inline_max:
-                    leaf = Leaf(_stat(full, st, xattrs), _UNHASHED)
+                    leaf = Leaf(entry_stat(full, st, xattrs), _UNHASHED)
                     counts.regular_files += 1
                     counts.external_files += 1
                     counts.bytes_external += st.st_size
@@ -322,7 +330,7 @@ class _Scanner:
                         else:
                             batch.append(job)
                 else:
-                    leaf = Leaf(_stat(full, st, xattrs), self._content(full, st, fmt, data))
+                    leaf = Leaf(entry_stat(full, st, xattrs), self._content(full, st, fmt, data))
                 if track:
                     seen[ident] = leaf
                 children[name] = leaf
@@ -334,7 +342,7 @@ class _Scanner:
         if fmt == st_.S_IFREG:
             counts.regular_files += 1
             counts.inline_files += 1
-            return Inline(data if data is not None else _read_small(path, st.st_size))
+            return Inline(data if data is not None else read_small(path, st.st_size))
         if fmt == st_.S_IFLNK:
             counts.symlinks += 1
             if data is not None:
@@ -342,7 +350,7 @@ class _Scanner:
             try:
                 return Symlink(os.readlink(path))
             except OSError as e:
-                raise ScanError(f"cannot read symlink {_shown(path)}: {e.strerror}") from e
+                raise ScanError(f"cannot read symlink {shown(path)}: {e.strerror}") from e
         if fmt == st_.S_IFCHR:
             counts.devices += 1
             return CharDevice(st.st_rdev)
@@ -355,7 +363,7 @@ class _Scanner:
         if fmt == st_.S_IFSOCK:
             counts.sockets += 1
             return Socket()
-        raise ScanError(f"{_shown(path)}: unsupported file type {oct(fmt)}")
+        raise ScanError(f"{shown(path)}: unsupported file type {oct(fmt)}")
 
     # ---- paths longer than PATH_MAX ----------------------------------------
     # The kernel refuses such paths, so they are reached from the scan root
@@ -384,12 +392,12 @@ class _Scanner:
         try:
             fd = self.open(dir_path, _OPEN_DIR)
         except OSError as e:
-            raise ScanError(f"cannot read directory {_shown(dir_path)}: {e.strerror}") from e
+            raise ScanError(f"cannot read directory {shown(dir_path)}: {e.strerror}") from e
         try:
             try:
                 names = [os.fsencode(name) for name in os.listdir(fd)]
             except OSError as e:
-                raise ScanError(f"cannot read directory {_shown(dir_path)}: {e.strerror}") from e
+                raise ScanError(f"cannot read directory {shown(dir_path)}: {e.strerror}") from e
             via_fd = f"/proc/self/fd/{fd}/".encode()
             out: list[ListedEntry] = []
             for name in names:
@@ -397,18 +405,18 @@ class _Scanner:
                 try:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except OSError as e:
-                    raise ScanError(f"cannot stat {_shown(full)}: {e.strerror}") from e
+                    raise ScanError(f"cannot stat {shown(full)}: {e.strerror}") from e
                 data = None
                 try:
                     if st_.S_ISLNK(st.st_mode):
                         data = os.readlink(name, dir_fd=fd)
                     elif st_.S_ISREG(st.st_mode) and st.st_size <= inline_max:
-                        data = _read_small_at(fd, name, st.st_size)
+                        data = read_small_at(fd, name, st.st_size)
                 except OSError as e:
-                    raise ScanError(f"cannot read {_shown(full)}: {e.strerror}") from e
+                    raise ScanError(f"cannot read {shown(full)}: {e.strerror}") from e
                 if data is not None and st_.S_ISREG(st.st_mode) and len(data) != st.st_size:
-                    raise ScanError(f"{_shown(full)} changed size while scanning")
-                out.append((name, full, st, _xattrs(via_fd + name, shown=full), data))
+                    raise ScanError(f"{shown(full)} changed size while scanning")
+                out.append((name, full, st, read_xattrs(via_fd + name, named=full), data))
             return out
         finally:
             os.close(fd)
@@ -438,26 +446,26 @@ class _Scanner:
         opts = self.options
         cache, sink = opts.cache, opts.sink
         try:
-            fd = self.open(job.path, _OPEN_FILE)
+            fd = self.open(job.path, OPEN_FILE)
         except OSError as e:
-            raise ScanError(f"cannot read {_shown(job.path)}: {e.strerror}") from e
+            raise ScanError(f"cannot read {shown(job.path)}: {e.strerror}") from e
         try:
             before = os.fstat(fd)
             if not st_.S_ISREG(before.st_mode) or (before.st_dev, before.st_ino) != (
                     job.st.st_dev, job.st.st_ino):
-                raise ScanError(f"{_shown(job.path)} was replaced while scanning")
+                raise ScanError(f"{shown(job.path)} was replaced while scanning")
             pending = sink.begin(before.st_size) if sink is not None else None
             try:
                 digest, size = digest_fd(fd, opts.alg, bufsize=opts.bufsize,
                                          sink=pending.write if pending is not None else None)
                 if size != job.st.st_size:
-                    raise ScanError(f"{_shown(job.path)} changed size while scanning "
+                    raise ScanError(f"{shown(job.path)} changed size while scanning "
                                     f"({job.st.st_size} -> {size} bytes)")
             except BaseException as e:
                 if pending is not None:
                     pending.abort()  # never leave a partial object behind
                 if isinstance(e, OSError):
-                    raise ScanError(f"cannot read {_shown(job.path)}: {e.strerror}") from e
+                    raise ScanError(f"cannot read {shown(job.path)}: {e.strerror}") from e
                 raise
             if pending is not None:
                 pending.commit(digest)
@@ -480,90 +488,6 @@ class _Scanner:
                 self.counts.cache_hits += 1
 
 
-class _HashPool:
-    """``threads`` hashing threads taking the largest pending file first.
-
-    While the walker runs it is one of the busy threads, so only
-    ``threads - 1`` background workers are started (at least one); once the
-    walk is done, the walker joins them (``finish``).  That keeps exactly
-    ``threads`` threads busy, never more, which matters when the threads are
-    the CPUs.
-
-    The first error stops the pool: workers finish their current file and
-    exit, the walker stops at its next directory, and the error is re-raised
-    in the calling thread.
-    """
-
-    def __init__(self, threads: int, work: Callable[[_Job], int],
-                 progress: ByteProgress) -> None:
-        self._caller_helps = threads > 1
-        threads = max(1, threads - 1)
-        self._work = work
-        self._progress = progress
-        self._heap: list[tuple[int, int, _Job]] = []
-        self._seq = 0
-        self._cond = threading.Condition()
-        self._closed = False
-        self._error: BaseException | None = None
-        self._threads = [threading.Thread(target=self._run, name=f"cfsboot-hash-{i}",
-                                          daemon=True) for i in range(threads)]
-        for t in self._threads:
-            t.start()
-
-    def submit(self, jobs: list[_Job]) -> None:
-        """Queue the files of one directory (one lock round-trip for all)."""
-        self._progress.add_total(sum(job.st.st_size for job in jobs))
-        with self._cond:
-            for job in jobs:
-                self._seq += 1
-                heapq.heappush(self._heap, (-job.st.st_size, self._seq, job))
-            self._cond.notify(len(jobs))
-
-    def check(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def finish(self) -> None:
-        """Wait until every submitted file is hashed; raise the first error."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        if self._caller_helps:
-            self._run()
-        for t in self._threads:
-            t.join()
-        self.check()
-
-    def stop(self) -> None:
-        """Abandon pending work (on error or interrupt) and wait for the workers."""
-        with self._cond:
-            self._closed = True
-            self._heap.clear()
-            self._cond.notify_all()
-        for t in self._threads:
-            t.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._heap and not self._closed:
-                    self._cond.wait()
-                if not self._heap or self._error is not None:
-                    return
-                _, _, job = heapq.heappop(self._heap)
-            try:
-                self._work(job)
-            except BaseException as e:
-                with self._cond:
-                    if self._error is None:
-                        self._error = e
-                    self._heap.clear()
-                    self._closed = True
-                    self._cond.notify_all()
-                return
-            self._progress.advance(job.st.st_size)
-
-
 def _job_size(job: _Job) -> int:
     return job.st.st_size
 
@@ -572,8 +496,8 @@ def _native_read_error(path: bytes, code: int) -> ScanError:
     """A file the C hashing code could not read (an errno, or -1: not a regular
     file any more), worded as :func:`_read_error` words it."""
     if code == NOT_REGULAR_CODE or code == errno.ELOOP:
-        return ScanError(f"{_shown(path)} was replaced while scanning")
-    return ScanError(f"cannot read {_shown(path)}: {os.strerror(code)}")
+        return ScanError(f"{shown(path)} was replaced while scanning")
+    return ScanError(f"cannot read {shown(path)}: {os.strerror(code)}")
 
 
 def _read_error(e: OSError) -> ScanError:
@@ -584,139 +508,3 @@ def _read_error(e: OSError) -> ScanError:
     return ScanError(f"cannot read {path}: {e.strerror}")
 
 
-def _entries(dir_path: bytes, inline_max: int) -> Sequence[ListedEntry]:
-    """(name, path, lstat, xattrs, data) of every entry, in directory order.
-
-    With the C accelerator, one call lists the directory, stats every entry,
-    reads its xattrs and, for a symlink or a regular file of at most
-    ``inline_max`` bytes, its target or bytes.  Without it (or for anything
-    it could not read, which is then redone here so errors say what Python
-    says) xattrs and data are None, and the walk reads them itself.
-    """
-    lister = native.module
-    if lister is not None:
-        try:
-            listed = lister.list_directory(dir_path, inline_max)
-        except OSError:
-            pass  # listed again below, for the error message
-        else:
-            if all(entry[2] is not None for entry in listed):
-                return listed
-            return [entry if entry[2] is not None else (entry[0], entry[1], _lstat(entry[1]),
-                                                          None, None) for entry in listed]
-    try:
-        with os.scandir(dir_path) as it:
-            names = [(e.name, e.path) for e in it]
-    except OSError as e:
-        raise ScanError(f"cannot read directory {_shown(dir_path)}: {e.strerror}") from e
-    return [(name, full, _lstat(full), None, None) for name, full in names]
-
-
-def _lstat(path: bytes) -> os.stat_result:
-    try:
-        return os.lstat(path)
-    except OSError as e:
-        raise ScanError(f"cannot stat {_shown(path)}: {e.strerror}") from e
-
-
-def _stat(path: bytes, st: StatLike, xattrs: dict[bytes, bytes] | None = None) -> Stat:
-    sec, nsec = divmod(st.st_mtime_ns, 10**9)
-    return Stat(st.st_mode & 0o7777, st.st_uid, st.st_gid, sec, nsec,
-                xattrs if xattrs is not None else _xattrs(path))
-
-
-def _read_small_at(dir_fd: int, name: bytes, size: int) -> bytes:
-    fd = os.open(name, _OPEN_FILE, dir_fd=dir_fd)
-    try:
-        return os.read(fd, size + 1)  # one more byte shows growth
-    finally:
-        os.close(fd)
-
-
-def _read_small(path: bytes, size: int) -> bytes:
-    try:
-        fd = os.open(path, _OPEN_FILE)
-    except OSError as e:
-        raise ScanError(f"cannot read {_shown(path)}: {e.strerror}") from e
-    try:
-        data = os.read(fd, size + 1)  # one more byte shows growth
-    except OSError as e:
-        raise ScanError(f"cannot read {_shown(path)}: {e.strerror}") from e
-    finally:
-        os.close(fd)
-    if len(data) != size:
-        raise ScanError(f"{_shown(path)} changed size while scanning")
-    return data
-
-
-def _xattrs(path: bytes, shown: bytes | None = None) -> dict[bytes, bytes]:
-    """The xattrs of ``path`` itself (not followed); ``shown`` names it in errors
-    when ``path`` is only a way to reach it (through ``/proc/self/fd``)."""
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in _NO_XATTRS:
-            return {}
-        raise ScanError(f"cannot list xattrs of {_shown(shown or path)}: {e.strerror}") from e
-    if not names:
-        return {}
-    out: dict[bytes, bytes] = {}
-    for name in names:
-        try:
-            out[os.fsencode(name)] = os.getxattr(path, name, follow_symlinks=False)
-        except OSError as e:
-            raise ScanError(
-                f"cannot read xattr {name} of {_shown(shown or path)}: {e.strerror}") from e
-    return out
-
-
-_NO_XATTRS = {errno.ENOTSUP, errno.EOPNOTSUPP}  # filesystem without xattrs
-
-
-def _shown(path: bytes) -> str:
-    return os.fsdecode(path)
-
-
-class ByteProgress:
-    """A bytes progress bar on stderr (rich), or nothing when disabled.
-
-    Called from several threads; rich's Progress locks internally.  rich is
-    imported only when a bar is shown, to keep start-up fast in builds.
-    """
-
-    def __init__(self, enabled: bool, description: str) -> None:
-        self._bar: Any = None
-        self._task: Any = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                             TransferSpeedColumn(), TimeRemainingColumn(),
-                             console=Console(stderr=True), transient=True)
-        self._task = self._bar.add_task(description, total=0)
-        self._bar.start()
-
-    @property
-    def enabled(self) -> bool:
-        return self._bar is not None
-
-    def add_total(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, total=self._bar.tasks[0].total + n)
-
-    def advance(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
