@@ -249,3 +249,27 @@ def test_read_write_mount_with_upper(tmp_path: Path) -> None:
         subprocess.run(["umount", str(mnt)], check=True)
     assert (upper / "new").read_bytes() == b"hello"
     assert _mounts() == before
+
+
+def test_mount_by_name_as_images_lists_it(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``repo images`` prints ``a/b`` for images/refs/a/b; ``mount a/b`` must work
+    (upstream alone would need ``refs/a/b``, which keeps working too)."""
+    _need_kernel()
+    src, repo_path = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    (src / "f").write_bytes(b"nested ref" * 100)
+    Repository.init(repo_path, SHA256, insecure=True)[0].close()
+    assert _cli("create-image", "--repo", str(repo_path), str(src), "a/b") == 0
+    capsys.readouterr()
+    assert _cli("repo", "--repo", str(repo_path), "images") == 0
+    listed = capsys.readouterr().out.splitlines()[1].split()[0]
+    assert listed == "a/b"
+    before = _mounts()
+    for name in (listed, "refs/a/b"):
+        with _mounted(repo_path, name, tmp_path / "mnt") as mnt:
+            assert (mnt / "f").read_bytes() == b"nested ref" * 100
+    assert _mounts() == before
+    (tmp_path / "mnt2").mkdir()
+    with pytest.raises(CfsError, match=r"image not found: a/c \(no .*/images/refs/a/c\)"):
+        _cli("mount", "--repo", str(repo_path), "a/c", str(tmp_path / "mnt2"))

@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                               description="Mount an image (hex digest or ref name) with "
                                           "EROFS + overlayfs, objects as data-only layer.")
     add_repo_options(p)
-    p.add_argument("image", help="image ID (hex), ref name, or refs/NAME")
+    p.add_argument("image", help="image ID (hex), ref name as 'repo images' lists it, "
+                                 "or refs/NAME")
     p.add_argument("mountpoint")
     p.add_argument("--upperdir", help="writable upper directory (with --workdir)")
     p.add_argument("--workdir", help="overlayfs work directory (with --upperdir)")

@@ -1,6 +1,7 @@
 """Repository consistency check (composefs-rs ``fsck`` @0fbc853, repository.md §14).
 
-Phases: meta.json; every object's digest (kernel measurement, or userspace
+Phases: meta.json; the top-level areas (objects/, streams/, images/ and their
+refs/) are directories where present; every object's digest (kernel measurement, or userspace
 hashing in insecure mode; parallel per ``objects/XX``); every stream entry
 (symlink resolves, splitstream parses, its chunks decode, every object and
 named ref exists, the recorded size matches); every image entry (symlink
@@ -83,12 +84,47 @@ class FsckResult:
 def fsck(repo: Repository, *, metadata_only: bool = False,
          threads: int | None = None) -> FsckResult:
     result = FsckResult()
-    _check_metadata(repo, result)
-    if not metadata_only:
-        _check_objects(repo, result, threads or min(8, os.cpu_count() or 1))
-    _check_category(repo, "streams", result)
-    _check_category(repo, "images", result)
+    with repo.error_paths():
+        _check_metadata(repo, result)
+        _check_layout(repo, result)
+        if not metadata_only:
+            _check_objects(repo, result, threads or min(8, os.cpu_count() or 1))
+        _check_category(repo, "streams", result)
+        _check_category(repo, "images", result)
     return result
+
+
+# Where present, each must be a directory (a symlink to one is followed, like
+# every other access does).  Absent is fine: they are created lazily.
+_DIRECTORIES = ("objects", "streams", "streams/refs", "images", "images/refs")
+
+
+def _check_layout(repo: Repository, result: FsckResult) -> None:
+    """Report top-level areas that are not directories: listing one would
+    otherwise find nothing, and an unusable repository would pass."""
+    for rel in _DIRECTORIES:
+        try:
+            st = os.stat(rel, dir_fd=repo.fd)
+        except FileNotFoundError:
+            if _lexists(repo, rel):
+                result.broken_links += 1
+                result.error("broken-symlink", rel)
+            continue
+        except NotADirectoryError:
+            continue  # its parent is not a directory, which is reported
+        except OSError as e:
+            result.error("stat-failed", rel, e.strerror)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            result.error("unexpected-file-type", rel, "not a directory")
+
+
+def _lexists(repo: Repository, rel: str) -> bool:
+    try:
+        os.stat(rel, dir_fd=repo.fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
 
 
 def _check_metadata(repo: Repository, result: FsckResult) -> None:
@@ -237,6 +273,9 @@ def _check_stream(repo: Repository, name: str, result: FsckResult) -> bool:
     except CfsError as e:
         result.error("stream-open-failed", path, str(e))
         return False
+    except OSError as e:
+        result.error("stream-open-failed", path, e.strerror)
+        return False
     ok = True
     with reader:
         for oid in reader.object_refs:
@@ -257,6 +296,9 @@ def _check_stream(repo: Repository, name: str, result: FsckResult) -> bool:
                     total += len(chunk)
         except CfsError as e:
             result.error("stream-read-failed", path, str(e))
+            return False
+        except OSError as e:
+            result.error("stream-read-failed", path, e.strerror)
             return False
         if total >= 0 and total != reader.total_size:
             result.error("stream-read-failed", path,
@@ -308,6 +350,8 @@ def _check_refs(repo: Repository, top: str, result: FsckResult) -> None:
 
 
 def _listdir(repo: Repository, rel: str) -> list[str]:
+    """Entries of a directory; none when absent or not a directory (which
+    :func:`_check_layout` reports for the areas that must be directories)."""
     try:
         return os.listdir(f"/proc/self/fd/{repo.fd}/{rel}")
     except (FileNotFoundError, NotADirectoryError):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cfsboot.errors import CfsError
-from cfsboot.repository import symlinks
+from cfsboot.repository import errpaths, symlinks
 from cfsboot.repository.objects import parse_link_target, parse_object_name
 from cfsboot.repository.repo import Repository
 
@@ -50,8 +50,9 @@ def gc(repo: Repository, roots: Iterable[str] = (), *, dry_run: bool = False,
                 on_wait()
             repo.lock_exclusive()
     try:
-        live = live_objects(repo, roots)
-        return _sweep(repo, live, dry_run)
+        with repo.error_paths():
+            live = live_objects(repo, roots)
+            return _sweep(repo, live, dry_run)
     finally:
         if not dry_run:
             repo.lock_shared()
@@ -127,19 +128,21 @@ def _entry_oid(repo: Repository, category: str, name: str) -> bytes:
     try:
         target = os.readlink(f"{category}/{name}", dir_fd=repo.fd)
     except FileNotFoundError:
-        raise GcError(f"GC: dangling ref: {category}/{name} does not exist") from None
+        raise GcError(f"GC: dangling ref: {repo.display_path(f'{category}/{name}')} "
+                      "does not exist") from None
     except OSError:
-        raise GcError(f"GC: {category}/{name}: category directory contains non-symlink") \
-            from None
+        raise GcError(f"GC: {repo.display_path(f'{category}/{name}')}: category directory "
+                      "contains non-symlink") from None
     oid = parse_link_target(target, repo.algorithm)
     if oid is None:
-        raise GcError(f"GC: {category}/{name}: invalid link target {target!r}")
+        raise GcError(f"GC: {repo.display_path(f'{category}/{name}')}: invalid link target "
+                      f"{target!r}")
     return oid
 
 
 def _ref_roots(repo: Repository, category: str) -> list[tuple[bytes, str]]:
     try:
-        refs = symlinks.walk_links(repo.fd, f"{category}/refs")
+        refs = symlinks.walk_links(repo.fd, f"{category}/refs", repo.path)
     except CfsError as e:
         raise GcError(f"GC: {e}") from None
     out = []
@@ -163,16 +166,20 @@ def _sweep(repo: Repository, live: set[bytes], dry_run: bool) -> GcResult:
             for entry in os.listdir(dfd):
                 oid = parse_object_name(sub, entry, repo.algorithm)
                 if oid is None:
-                    raise GcError(f"GC: malformed object name objects/{sub}/{entry}")
+                    raise GcError("GC: malformed object name "
+                                  f"{repo.display_path(f'objects/{sub}/{entry}')}")
                 if oid in live:
                     result.objects_kept += 1
                     continue
-                with contextlib.suppress(FileNotFoundError):
+                # Named relative to the repository, for the error message.
+                with contextlib.suppress(FileNotFoundError), \
+                        errpaths.as_file(f"objects/{sub}/{entry}"):
                     result.objects_bytes += os.stat(entry, dir_fd=dfd).st_size
                 result.objects_removed += 1
                 removed.add(oid)
                 if not dry_run:
-                    os.unlink(entry, dir_fd=dfd)
+                    with errpaths.as_file(f"objects/{sub}/{entry}"):
+                        os.unlink(entry, dir_fd=dfd)
         finally:
             os.close(dfd)
     if not dry_run:
@@ -219,7 +226,7 @@ def _prune(repo: Repository, category: str, removed: set[bytes], dry_run: bool) 
             if not dry_run:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(rel, dir_fd=repo.fd)
-    for ref, target in symlinks.walk_links(repo.fd, f"{category}/refs"):
+    for ref, target in symlinks.walk_links(repo.fd, f"{category}/refs", repo.path):
         rel = f"{category}/refs/{ref}"
         if target.rsplit("/", 1)[-1] in gone or not _resolves(repo, rel):
             count += 1

@@ -10,7 +10,7 @@ import errno
 import os
 
 from cfsboot.errors import CfsError
-from cfsboot.repository import verity
+from cfsboot.repository import errpaths, verity
 from cfsboot.repository.meta import Algorithm, MetadataError, RepoMetadata, parse_metadata
 from cfsboot.repository.objects import parse_object_name
 
@@ -34,7 +34,7 @@ def read_meta(fd: int, algorithm: Algorithm | None) -> tuple[bytes, bool]:
         except FileNotFoundError:
             raise MetadataError("repository has no meta.json (not initialized?)") from None
         raise OldFormat() from None
-    with os.fdopen(mfd, "rb") as f:
+    with errpaths.as_file(META), os.fdopen(mfd, "rb") as f:
         data = f.read()
         alg = algorithm or _alg_hint(data)
         has_verity = alg is not None and verity.measure(f.fileno(), alg) is not None
@@ -50,7 +50,8 @@ def _alg_hint(data: bytes) -> Algorithm | None:
 
 def read_existing_meta(fd: int) -> bytes | None:
     try:
-        with os.fdopen(os.open(META, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd), "rb") as f:
+        with errpaths.as_file(META), \
+                os.fdopen(os.open(META, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd), "rb") as f:
             return f.read()
     except FileNotFoundError:
         return None
@@ -79,7 +80,8 @@ def write_meta(fd: int, meta: RepoMetadata, insecure: bool) -> bool:
     try:
         os.write(wfd, data)
         os.fsync(wfd)
-        ro = os.open(f"/proc/self/fd/{wfd}", os.O_RDONLY | os.O_CLOEXEC)
+        with errpaths.as_file(META):
+            ro = os.open(f"/proc/self/fd/{wfd}", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(wfd)
     try:
@@ -91,7 +93,8 @@ def write_meta(fd: int, meta: RepoMetadata, insecure: bool) -> bool:
                 raise RepositoryError("the filesystem does not support fs-verity; "
                                       "use --insecure")
         if name is None:
-            os.link(f"/proc/self/fd/{ro}", META, dst_dir_fd=fd, follow_symlinks=True)
+            with errpaths.as_file(META):
+                os.link(f"/proc/self/fd/{ro}", META, dst_dir_fd=fd, follow_symlinks=True)
     finally:
         os.close(ro)
     os.fsync(fd)

@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 
 from cfsboot.errors import CfsError
-from cfsboot.repository import loop, sysapi, verity
+from cfsboot.repository import errpaths, loop, sysapi, verity
 from cfsboot.repository.repo import Repository
 
 
@@ -66,26 +66,36 @@ def mount_detached(repo: Repository, name: str, options: MountOptions | None = N
         os.close(image_fd)
 
 
+def _image_path(repo: Repository, name: str) -> str:
+    """How errors name the image file (``name`` as the user gave it)."""
+    return repo.display_path(repo.image_relpath(name))
+
+
 def _verify_image(repo: Repository, name: str, fd: int, digest: bytes | None) -> bool:
     """Check the image is the one its name says; returns whether to ask
     overlayfs for ``verity=require``."""
     if digest is None:
         raise CfsError(f"cannot tell which image {name} refers to")
-    measured = verity.measure(fd, repo.algorithm)
-    if measured is None:
-        if not repo.insecure:
-            raise CfsError(f"image {name} has no fs-verity (repository requires it)")
-        measured, _ = verity.digest_fd(fd, repo.algorithm)
+    try:
+        measured = verity.measure(fd, repo.algorithm)
+        if measured is None:
+            if not repo.insecure:
+                raise CfsError(f"image {_image_path(repo, name)} has no fs-verity "
+                               "(repository requires it)")
+            measured, _ = verity.digest_fd(fd, repo.algorithm)
+    except OSError as e:
+        raise CfsError(f"cannot read image {_image_path(repo, name)}: "
+                       f"{e.strerror or e}") from None
     if measured != digest:
-        raise CfsError(f"image {name} is corrupt: its digest is {measured.hex()}, "
-                       f"expected {digest.hex()}")
+        raise CfsError(f"image {_image_path(repo, name)} is corrupt: its digest is "
+                       f"{measured.hex()}, expected {digest.hex()}")
     return not repo.insecure
 
 
 def _overlay(repo: Repository, name: str, image_fd: int, want_verity: bool,
              options: MountOptions) -> int:
     """A detached overlay mount fd."""
-    erofs_mnt = _mount_erofs(image_fd, use_loop=options.use_loop)
+    erofs_mnt = _mount_erofs(image_fd, _image_path(repo, name), use_loop=options.use_loop)
     tmpdir = tempfile.mkdtemp(prefix="cfsboot-erofs-")
     attached = False
     try:
@@ -94,18 +104,23 @@ def _overlay(repo: Repository, name: str, image_fd: int, want_verity: bool,
         fds: list[int] = []  # closed at the end; the overlay keeps its own references
         try:
             fds.append(os.open(tmpdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-            fds.append(os.open("objects", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
-                               dir_fd=repo.fd))
+            names = {fds[0]: f"{_image_path(repo, name)} (mounted at {tmpdir})"}
+            with repo.error_paths():
+                fds.append(os.open("objects", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                                   dir_fd=repo.fd))
+            names[fds[1]] = repo.display_path("objects")
             if options.upperdir is not None and options.workdir is not None:
                 fds.append(_open_dir(options.upperdir, "--upperdir"))
+                names[fds[2]] = options.upperdir
                 fds.append(_open_dir(options.workdir, "--workdir"))
+                names[fds[3]] = options.workdir
             fs = sysapi.fsopen("overlay")
             try:
                 _overlay_config(fs, name, fds[0], fds[1], want_verity, fds[2:])
                 return sysapi.fsmount(fs, 0 if options.read_write
                                       else sysapi.MOUNT_ATTR_RDONLY)
             except OSError as e:
-                raise _mount_error("overlay", fs, e) from None
+                raise _mount_error("overlay", fs, e, names) from None
             finally:
                 os.close(fs)
         finally:
@@ -141,17 +156,18 @@ def _open_dir(path: str, what: str) -> int:
         raise CfsError(f"{what} {path}: {e.strerror}") from None
 
 
-def _mount_erofs(image_fd: int, *, use_loop: bool = False) -> int:
+def _mount_erofs(image_fd: int, image_path: str, *, use_loop: bool = False) -> int:
     """A detached read-only EROFS mount of the image file (file-backed; through
-    a loop device on kernels before 6.12, which need a block device)."""
+    a loop device on kernels before 6.12, which need a block device).
+    ``image_path`` names the image in errors."""
     if not use_loop:
         try:
-            return _erofs_from(f"/proc/self/fd/{image_fd}")
+            return _erofs_from(image_fd, image_path)
         except _NeedsBlockDevice:
             pass
     loop_fd = loop.attach_read_only(image_fd)
     try:
-        return _erofs_from(f"/proc/self/fd/{loop_fd}")
+        return _erofs_from(loop_fd, f"{image_path} (loop device)")
     except _NeedsBlockDevice:
         raise MountError("mounting erofs failed: the loop device was refused") from None
     finally:
@@ -162,22 +178,24 @@ class _NeedsBlockDevice(Exception):
     pass
 
 
-def _erofs_from(source: str) -> int:
+def _erofs_from(source_fd: int, source_name: str) -> int:
     fs = sysapi.fsopen("erofs")
     try:
         sysapi.fsconfig_flag(fs, "ro")
-        sysapi.fsconfig_string(fs, "source", source)
+        sysapi.fsconfig_string(fs, "source", f"/proc/self/fd/{source_fd}")
         sysapi.fsconfig_create(fs)
         return sysapi.fsmount(fs, sysapi.MOUNT_ATTR_RDONLY)
     except OSError as e:
         if e.errno == errno.ENOTBLK:
             raise _NeedsBlockDevice() from None
-        raise _mount_error("erofs", fs, e) from None
+        raise _mount_error("erofs", fs, e, {source_fd: source_name}) from None
     finally:
         os.close(fs)
 
 
-def _mount_error(fstype: str, fs: int, e: OSError) -> MountError:
+def _mount_error(fstype: str, fs: int, e: OSError, names: dict[int, str]) -> MountError:
+    """The kernel's reasons, with the /proc/self/fd/N paths we passed it (which
+    it may quote back) replaced by what they are."""
     msgs = sysapi.fs_context_messages(fs)
     detail = "; ".join(msgs) if msgs else (e.strerror or str(e))
-    return MountError(f"mounting {fstype} failed: {detail}")
+    return MountError(f"mounting {fstype} failed: {errpaths.replace_fd_paths(detail, names)}")

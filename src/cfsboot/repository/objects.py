@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cfsboot.errors import CfsError
-from cfsboot.repository import sysapi, verity
+from cfsboot.repository import errpaths, sysapi, verity
 from cfsboot.repository.meta import Algorithm
 
 StoreMethod = Literal["copied", "already-present"]
@@ -73,8 +73,10 @@ class StoreResult:
 class ObjectStore:
     """``objects/`` of one repository."""
 
-    def __init__(self, repo_fd: int, alg: Algorithm, insecure: bool) -> None:
+    def __init__(self, repo_fd: int, alg: Algorithm, insecure: bool,
+                 repo_path: str = ".") -> None:
         self.repo_fd = repo_fd
+        self.repo_path = repo_path  # how errors name the repository
         self.alg = alg
         self.insecure = insecure
         self._objects_fd: int | None = None
@@ -88,13 +90,23 @@ class ObjectStore:
         if fd is None:
             with self._open_lock:
                 if self._objects_fd is None:
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir("objects", 0o755, dir_fd=self.repo_fd)
-                    self._objects_fd = os.open(
-                        "objects", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
-                        dir_fd=self.repo_fd)
+                    with errpaths.named_in(self.repo_path, {self.repo_fd: self.repo_path}):
+                        with contextlib.suppress(FileExistsError):
+                            os.mkdir("objects", 0o755, dir_fd=self.repo_fd)
+                        self._objects_fd = os.open(
+                            "objects", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                            dir_fd=self.repo_fd)
                 fd = self._objects_fd
         return fd
+
+    def error_paths(self) -> contextlib.AbstractContextManager[None]:
+        """Inside, an OSError's names relative to ``objects/`` (or through the
+        repository's /proc/self/fd paths) become ``<repo path>/objects/…``."""
+        objects = errpaths.join(self.repo_path, "objects")
+        fds = {self.repo_fd: self.repo_path}
+        if self._objects_fd is not None:
+            fds[self._objects_fd] = objects
+        return errpaths.named_in(objects, fds)
 
     def close(self) -> None:
         if self._objects_fd is not None:
@@ -110,8 +122,10 @@ class ObjectStore:
     # -- reading ------------------------------------------------------------------
 
     def exists(self, digest: bytes) -> bool:
+        fd = self.objects_fd
         try:
-            os.stat(object_relpath(digest), dir_fd=self.objects_fd)
+            with self.error_paths():
+                os.stat(object_relpath(digest), dir_fd=fd)
         except FileNotFoundError:
             return False
         return True
@@ -119,14 +133,18 @@ class ObjectStore:
     def open(self, digest: bytes, *, check: bool = True) -> int:
         """Open an object read-only; with ``check`` its kernel verity must match
         (tolerated missing in insecure mode, as composefs-rs ``open_object``)."""
+        objects_fd = self.objects_fd
         try:
-            fd = os.open(object_relpath(digest), os.O_RDONLY | os.O_CLOEXEC,
-                         dir_fd=self.objects_fd)
+            with self.error_paths():
+                fd = os.open(object_relpath(digest), os.O_RDONLY | os.O_CLOEXEC,
+                             dir_fd=objects_fd)
         except FileNotFoundError:
-            raise ObjectError(f"object not found: {self.alg.to_id(digest)}") from None
+            raise ObjectError(f"object not found: {self.alg.to_id(digest)} "
+                              f"(no {self._display(digest)})") from None
         if check:
             try:
-                self._check_verity(fd, digest)
+                with self.error_paths():
+                    self._check_verity(fd, digest)
             except BaseException:
                 os.close(fd)
                 raise
@@ -134,18 +152,23 @@ class ObjectStore:
 
     def read(self, digest: bytes, *, check: bool = True) -> bytes:
         fd = self.open(digest, check=check)
-        with os.fdopen(fd, "rb") as f:
+        with self.error_paths(), errpaths.as_file(object_relpath(digest)), \
+                os.fdopen(fd, "rb") as f:
             return f.read()
+
+    def _display(self, digest: bytes) -> str:
+        """How errors name an object file."""
+        return errpaths.join(self.repo_path, f"objects/{object_relpath(digest)}")
 
     def _check_verity(self, fd: int, digest: bytes) -> None:
         measured = verity.measure(fd, self.alg)
         if measured is None:
             if self.insecure:
                 return
-            raise ObjectError(f"object {object_relpath(digest)} has no fs-verity "
+            raise ObjectError(f"object {self._display(digest)} has no fs-verity "
                               "(repository requires it)")
         if measured != digest:
-            raise ObjectError(f"fs-verity content mismatch for object {object_relpath(digest)}: "
+            raise ObjectError(f"fs-verity content mismatch for object {self._display(digest)}: "
                               f"measured {measured.hex()}")
 
     # -- writing in-memory data -----------------------------------------------------
@@ -159,6 +182,10 @@ class ObjectStore:
         computed it (it is then double-checked by the kernel when possible)."""
         if digest is None:
             digest = verity.digest_bytes(data, self.alg)
+        with self.error_paths():
+            return self._store_bytes(data, digest)
+
+    def _store_bytes(self, data: bytes, digest: bytes) -> StoreResult:
         path = object_relpath(digest)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.objects_fd)
@@ -197,9 +224,9 @@ class ObjectStore:
                 if ro != fd:
                     os.close(ro)
         if measured is None:
-            raise ObjectError(f"existing object {object_relpath(digest)} has no fs-verity")
+            raise ObjectError(f"existing object {self._display(digest)} has no fs-verity")
         if measured != digest:
-            raise ObjectError(f"existing object {object_relpath(digest)} is corrupt: "
+            raise ObjectError(f"existing object {self._display(digest)} is corrupt: "
                               f"measured {measured.hex()}")
 
     def _enable_verity(self, ro: list[int]) -> verity.EnableResult:
@@ -230,6 +257,10 @@ class ObjectStore:
         return ObjectTmpfile(self, self._open_tmpfile("."))
 
     def _open_tmpfile(self, subdir: str) -> _Tmp:
+        with self.error_paths():
+            return self._open_tmpfile_in(subdir)
+
+    def _open_tmpfile_in(self, subdir: str) -> _Tmp:
         try:
             fd = os.open(subdir, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o644,
                          dir_fd=self.objects_fd)
@@ -254,8 +285,9 @@ class ObjectStore:
                 _rename_noreplace(self.objects_fd, tmp.name, path)
                 tmp.name = None
             else:
-                os.link(f"/proc/self/fd/{ro}", path, dst_dir_fd=self.objects_fd,
-                        follow_symlinks=True)
+                with errpaths.as_file(path):
+                    os.link(f"/proc/self/fd/{ro}", path, dst_dir_fd=self.objects_fd,
+                            follow_symlinks=True)
         except FileExistsError:
             return "already-present"
         return "copied"
@@ -272,7 +304,8 @@ class _Tmp:
     def reopen_ro(self) -> int:
         """Read-only fd on the same inode; the writable fd is closed (verity needs that)."""
         assert self.fd is not None
-        ro = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
+        with errpaths.as_file(self.name or "."):
+            ro = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
         os.close(self.fd)
         self.fd = None
         return ro
@@ -312,6 +345,11 @@ class ObjectTmpfile:
             self.abort()
             raise ObjectError(f"object size mismatch: wrote {self.size} bytes, "
                               f"expected {expected_size}")
+        with store.error_paths():
+            return self._finalize()
+
+    def _finalize(self) -> StoreResult:
+        store = self._store
         try:
             ro = [self._tmp.reopen_ro()]
             try:
@@ -410,13 +448,14 @@ class PendingRepoObject:
         re-checked by the kernel when verity can be enabled)."""
         store = self._sink._store
         try:
-            ro = [self._tmp.reopen_ro()]
-            try:
-                store._enable_and_check(ro, digest)
-                store._ensure_subdir(digest)
-                method = store._link(ro[0], self._tmp, object_relpath(digest))
-            finally:
-                os.close(ro[0])
+            with store.error_paths():
+                ro = [self._tmp.reopen_ro()]
+                try:
+                    store._enable_and_check(ro, digest)
+                    store._ensure_subdir(digest)
+                    method = store._link(ro[0], self._tmp, object_relpath(digest))
+                finally:
+                    os.close(ro[0])
         finally:
             self._tmp.discard()
         if method == "copied":

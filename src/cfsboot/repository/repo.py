@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Concatenate, ParamSpec, TypeVar
 
 from cfsboot.errors import CfsError
-from cfsboot.repository import symlinks, sysapi, verity
+from cfsboot.repository import errpaths, symlinks, sysapi, verity
 from cfsboot.repository.meta import (
     Algorithm,
     FormatConfig,
@@ -52,15 +54,31 @@ __all__ = ["ImageNotFound", "RefEntry", "Repository", "RepositoryError", "Stream
 
 
 class ImageNotFound(RepositoryError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"image not found: {name}")
+    def __init__(self, name: str, tried: list[str] | None = None) -> None:
+        where = f" (no {' or '.join(tried)})" if tried else ""
+        super().__init__(f"image not found: {name}{where}")
         self.name = name
 
 
 class StreamNotFound(RepositoryError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"stream not found: {name}")
+    def __init__(self, name: str, tried: str | None = None) -> None:
+        super().__init__(f"stream not found: {name}" + (f" (no {tried})" if tried else ""))
         self.name = name
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _repo_paths(method: Callable[Concatenate[Repository, _P], _R],
+                ) -> Callable[Concatenate[Repository, _P], _R]:
+    """OSErrors from ``method`` name ``<repo path>/<relative path>`` (the method
+    must take no callbacks: their relative paths are not the repository's)."""
+    @functools.wraps(method)
+    def wrapper(self: Repository, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.error_paths():
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +99,7 @@ class Repository:
         self.insecure = not has_verity
         self.read_only_features = not meta.check_features()
         self._format_override: FormatConfig | None = None
-        self._objects = ObjectStore(fd, self.algorithm, self.insecure)
+        self._objects = ObjectStore(fd, self.algorithm, self.insecure, path)
         self._writable_checked = False
 
     # -- lifecycle ------------------------------------------------------------
@@ -101,15 +119,16 @@ class Repository:
             raise RepositoryError(f"{p} is not a directory") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            try:
-                data, has_verity = read_meta(fd, algorithm)
-            except OldFormat:
-                if not upgrade:
-                    raise RepositoryError(
-                        f"{p} is an old-format repository without meta.json "
-                        "(open it with upgrade to add one)") from None
-                upgrade_old_format(fd, p)
-                data, has_verity = read_meta(fd, algorithm)
+            with errpaths.named_in(p, {fd: p}):
+                try:
+                    data, has_verity = read_meta(fd, algorithm)
+                except OldFormat:
+                    if not upgrade:
+                        raise RepositoryError(
+                            f"{p} is an old-format repository without meta.json "
+                            "(open it with upgrade to add one)") from None
+                    upgrade_old_format(fd, p)
+                    data, has_verity = read_meta(fd, algorithm)
             meta = parse_metadata(data)
             if algorithm is not None and meta.algorithm != algorithm:
                 raise RepositoryError(
@@ -140,10 +159,12 @@ class Repository:
         meta = RepoMetadata.new(algorithm, formats)
         fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            created = write_meta(fd, meta, insecure)
+            with errpaths.named_in(p, {fd: p}):
+                created = write_meta(fd, meta, insecure)
         except FileExistsError:
             created = False
-            existing = read_existing_meta(fd)
+            with errpaths.named_in(p, {fd: p}):
+                existing = read_existing_meta(fd)
             try:
                 same = existing is not None and \
                     meta_key(parse_metadata(existing)) == meta_key(meta)
@@ -164,6 +185,14 @@ class Repository:
         if self.fd >= 0:
             os.close(self.fd)  # releases the flock
             self.fd = -1
+
+    def error_paths(self) -> contextlib.AbstractContextManager[None]:
+        """Inside, an OSError's file names become ``<repo path>/<relative path>``."""
+        return errpaths.named_in(self.path, {self.fd: self.path})
+
+    def display_path(self, rel: str) -> str:
+        """How a repository-relative path is shown to the user."""
+        return errpaths.join(self.path, rel)
 
     def __enter__(self) -> Repository:
         return self
@@ -190,6 +219,7 @@ class Repository:
     def format_config(self) -> FormatConfig:
         return self._format_override or self.meta.format_config()
 
+    @_repo_paths
     def ensure_writable(self) -> None:
         """Refuse writes to a read-only repository (checked once per handle)."""
         if self._writable_checked:
@@ -204,6 +234,7 @@ class Repository:
             raise RepositoryError("Repository is not writable")
         self._writable_checked = True
 
+    @_repo_paths
     def sync(self) -> None:
         """One durability barrier for everything written so far (syncfs)."""
         sysapi.syncfs(self.fd)
@@ -245,7 +276,9 @@ class Repository:
 
     def open_object(self, digest: bytes) -> BinaryIO:
         """Open an object for reading, verity-checked (tolerant when insecure)."""
-        return os.fdopen(self._objects.open(digest), "rb")
+        fd = self._objects.open(digest)
+        with self.error_paths(), errpaths.as_file(f"objects/{object_relpath(digest)}"):
+            return os.fdopen(fd, "rb")
 
     def has_object(self, digest: bytes) -> bool:
         return self._objects.exists(digest)
@@ -275,6 +308,7 @@ class Repository:
             self.name_stream(stream_id, ref)
         return digest
 
+    @_repo_paths
     def has_stream(self, stream_id: str) -> bytes | None:
         """ObjectID of ``streams/<stream_id>`` or None."""
         symlinks.check_entry_name(stream_id, "stream")
@@ -284,7 +318,8 @@ class Repository:
             return None
         digest = parse_link_target(target, self.algorithm)
         if not target.startswith("../") or digest is None:
-            raise RepositoryError(f"streams/{stream_id}: invalid link target {target!r}")
+            raise RepositoryError(f"{self.display_path(f'streams/{stream_id}')}: "
+                                  f"invalid link target {target!r}")
         return digest
 
     def write_stream(self, writer: SplitStreamWriter, stream_id: str,
@@ -294,6 +329,7 @@ class Repository:
         self.register_stream(digest, stream_id, ref)
         return digest
 
+    @_repo_paths
     def register_stream(self, digest: bytes, stream_id: str, ref: str | None = None) -> None:
         """Publish an already stored splitstream object under ``streams/<id>``."""
         symlinks.check_entry_name(stream_id, "stream")
@@ -303,6 +339,7 @@ class Repository:
         if ref is not None:
             self.name_stream(stream_id, ref)
 
+    @_repo_paths
     def name_stream(self, stream_id: str, ref: str) -> None:
         """``streams/refs/<ref>`` → ``streams/<id>`` (the stream need not exist yet)."""
         symlinks.check_entry_name(stream_id, "stream")
@@ -310,6 +347,7 @@ class Repository:
         self.ensure_writable()
         symlinks.link(f"streams/refs/{ref}", f"streams/{stream_id}", self.fd)
 
+    @_repo_paths
     def remove_stream_ref(self, ref: str) -> None:
         symlinks.check_ref_name(ref)
         self.ensure_writable()
@@ -318,6 +356,7 @@ class Repository:
         except FileNotFoundError:
             raise RepositoryError(f"stream ref not found: {ref}") from None
 
+    @_repo_paths
     def open_stream(self, name: str, digest: bytes | None = None,
                     expected_content_type: int | None = None) -> SplitStreamReader:
         """Open a splitstream: by ObjectID (verity-checked) when ``digest`` is
@@ -329,8 +368,9 @@ class Repository:
             try:
                 fd = os.open(f"streams/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
             except FileNotFoundError:
-                raise StreamNotFound(name) from None
-            f = os.fdopen(fd, "rb")
+                raise StreamNotFound(name, self.display_path(f"streams/{name}")) from None
+            with errpaths.as_file(f"streams/{name}"):
+                f = os.fdopen(fd, "rb")
         try:
             return SplitStreamReader(f, self.algorithm, expected_content_type)
         except BaseException:
@@ -342,15 +382,18 @@ class Repository:
         with self.open_stream(name) as reader:
             reader.cat(write, self.open_object)
 
+    @_repo_paths
     def list_stream_refs(self, prefix: str = "") -> list[RefEntry]:
         return self._list_refs("streams/refs", prefix)
 
+    @_repo_paths
     def list_streams(self) -> list[tuple[str, bytes | None]]:
         """First-level ``streams/`` entries and their ObjectIDs."""
         return self._list_entries("streams")
 
     # -- images -----------------------------------------------------------------
 
+    @_repo_paths
     def write_image(self, name: str | None, data: bytes) -> bytes:
         """Store an EROFS image; publish ``images/<hex>`` and ``images/refs/<name>``."""
         if name is not None:
@@ -361,6 +404,7 @@ class Repository:
         self.publish_image(digest, name)
         return digest
 
+    @_repo_paths
     def publish_image(self, digest: bytes, name: str | None) -> None:
         """Symlinks for an image object that is already stored and synced."""
         if name is not None:
@@ -370,6 +414,7 @@ class Repository:
         if name is not None:
             symlinks.link(f"images/refs/{name}", f"images/{hexid}", self.fd)
 
+    @_repo_paths
     def remove_image_ref(self, name: str) -> None:
         symlinks.check_ref_name(name)
         self.ensure_writable()
@@ -378,22 +423,36 @@ class Repository:
         except FileNotFoundError:
             raise RepositoryError(f"image ref not found: {name}") from None
 
+    @_repo_paths
     def open_image(self, name: str) -> tuple[int, bool, bytes | None]:
-        """Resolve an image name (repository.md §11.2): a hex digest, a bare ref
-        name or ``refs/…``.  Returns (fd, want_verity, digest if known)."""
-        symlinks.check_ref_name(name)
-        try:
-            fd = os.open(f"images/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
-        except FileNotFoundError:
-            if "/" in name:
-                raise ImageNotFound(name) from None
+        """Resolve an image name (repository.md §11.2): a hex digest, a ref name
+        as ``images`` lists it (``a/b``) or ``refs/…``.  Returns (fd, want_verity,
+        digest if known).
+
+        Upstream opens ``images/<name>`` and, for a bare name, ``images/refs/<name>``;
+        a name with '/' must then be spelled ``refs/a/b``.  Here ``refs/<name>``
+        is tried for it as well: first-level entries of images/ never contain
+        '/', so ``images/a/b`` is never an image and the fallback is unambiguous."""
+        candidates = self._image_candidates(name)
+        for found in candidates:
             try:
-                fd = os.open(f"images/refs/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+                fd = os.open(f"images/{found}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+                break
             except FileNotFoundError:
-                raise ImageNotFound(name) from None
-            return fd, True, self._image_digest_of_ref(f"refs/{name}")
-        if "/" in name:
-            return fd, True, self._image_digest_of_ref(name)
+                continue
+            except NotADirectoryError:
+                # ``images/a/b`` below a non-directory ``a`` is simply absent; an
+                # entry that exists but does not resolve is an error worth naming.
+                if self._lexists(f"images/{found}"):
+                    raise
+                continue
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISDIR(os.stat("images", dir_fd=self.fd).st_mode):
+                    raise RepositoryError(f"{self.display_path('images')} is not a directory")
+            raise ImageNotFound(name, [self.display_path(f"images/{c}") for c in candidates])
+        if "/" in found:
+            return fd, True, self._image_digest_of_ref(found)
         try:
             digest = bytes.fromhex(name)
             if len(digest) != self.algorithm.digest_size:
@@ -409,11 +468,32 @@ class Repository:
             if self.insecure:
                 return fd, False, digest
             os.close(fd)
-            raise RepositoryError(f"image {name} has no fs-verity")
+            raise RepositoryError(f"image {self.display_path(f'images/{name}')} has no fs-verity")
         if measured != digest:
             os.close(fd)
-            raise RepositoryError(f"fs-verity content mismatch for image {name}")
+            raise RepositoryError("fs-verity content mismatch for image "
+                                  f"{self.display_path(f'images/{name}')}")
         return fd, True, digest
+
+    @staticmethod
+    def _image_candidates(name: str) -> list[str]:
+        """Where :meth:`open_image` looks for ``name``, below ``images/``."""
+        symlinks.check_ref_name(name)
+        return [name] if name.startswith("refs/") else [name, f"refs/{name}"]
+
+    def image_relpath(self, name: str) -> str:
+        """The repository-relative path :meth:`open_image` resolves ``name`` to
+        (for messages; the first candidate when none exists)."""
+        candidates = self._image_candidates(name)
+        found = next((c for c in candidates if self._lexists(f"images/{c}")), candidates[0])
+        return f"images/{found}"
+
+    def _lexists(self, rel: str) -> bool:
+        try:
+            os.stat(rel, dir_fd=self.fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
 
     def _image_digest_of_ref(self, ref_path: str) -> bytes | None:
         """The image ObjectID a ref reaches (ref → images/<hex> → object)."""
@@ -428,20 +508,24 @@ class Repository:
             return None
         return parse_link_target(inner, self.algorithm)
 
+    @_repo_paths
     def read_image(self, name: str) -> tuple[bytes, bool, bytes | None]:
         fd, want_verity, digest = self.open_image(name)
-        with os.fdopen(fd, "rb") as f:
+        with errpaths.as_file(self.image_relpath(name)), os.fdopen(fd, "rb") as f:
             return f.read(), want_verity, digest
 
+    @_repo_paths
     def image_objects(self, name: str) -> set[bytes]:
         """ObjectIDs of the external files an image references."""
         from cfsboot.repository.imagerefs import objects_in_image
         data, _, _ = self.read_image(name)
         return objects_in_image(data, self.algorithm)
 
+    @_repo_paths
     def list_image_refs(self, prefix: str = "") -> list[RefEntry]:
         return self._list_refs("images/refs", prefix)
 
+    @_repo_paths
     def list_images(self) -> list[tuple[str, bytes | None]]:
         return self._list_entries("images")
 
@@ -452,7 +536,7 @@ class Repository:
             symlinks.check_ref_name(prefix)
             top = f"{top}/{prefix}"
         return [RefEntry(f"{prefix}/{n}" if prefix else n, t)
-                for n, t in symlinks.walk_links(self.fd, top)]
+                for n, t in symlinks.walk_links(self.fd, top, self.path)]
 
     def _list_entries(self, top: str) -> list[tuple[str, bytes | None]]:
         try:

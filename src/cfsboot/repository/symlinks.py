@@ -9,6 +9,7 @@ import secrets
 import string
 
 from cfsboot.errors import CfsError
+from cfsboot.repository import errpaths
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -53,7 +54,9 @@ def replace_symlink(target: str, name: str, repo_fd: int) -> None:
     """Make ``name`` a symlink to ``target``, replacing atomically (rename of a
     temporary link made in the repository root)."""
     try:
-        os.symlink(target, name, dir_fd=repo_fd)
+        # On failure, name the link (the target is not a repository path).
+        with errpaths.as_file(name):
+            os.symlink(target, name, dir_fd=repo_fd)
         return
     except FileExistsError:
         pass
@@ -63,7 +66,8 @@ def replace_symlink(target: str, name: str, repo_fd: int) -> None:
     for _ in range(16):
         tmp = ".symlink-" + "".join(secrets.choice(_ALNUM) for _ in range(12))
         try:
-            os.symlink(target, tmp, dir_fd=repo_fd)
+            with errpaths.as_file(tmp):
+                os.symlink(target, tmp, dir_fd=repo_fd)
         except FileExistsError:
             continue
         try:
@@ -81,9 +85,10 @@ def link(name: str, target: str, repo_fd: int) -> None:
     replace_symlink(relative_link(name, target, repo_fd), name, repo_fd)
 
 
-def walk_links(repo_fd: int, top: str) -> list[tuple[str, str]]:
+def walk_links(repo_fd: int, top: str, repo_path: str = ".") -> list[tuple[str, str]]:
     """Every non-directory entry below ``top`` (recursive), as (path relative
-    to ``top``, raw link target); entries that are not symlinks raise."""
+    to ``top``, raw link target); entries that are not symlinks raise (their
+    message names ``repo_path/…``)."""
     out: list[tuple[str, str]] = []
     try:
         names = os.listdir(_dir_fd_path(repo_fd, top))
@@ -93,11 +98,13 @@ def walk_links(repo_fd: int, top: str) -> list[tuple[str, str]]:
         rel = f"{top}/{entry}"
         st = os.stat(rel, dir_fd=repo_fd, follow_symlinks=False)
         if _is_dir(st.st_mode):
-            out.extend((f"{entry}/{sub}", tgt) for sub, tgt in walk_links(repo_fd, rel))
+            out.extend((f"{entry}/{sub}", tgt)
+                       for sub, tgt in walk_links(repo_fd, rel, repo_path))
         elif _is_link(st.st_mode):
             out.append((entry, os.readlink(rel, dir_fd=repo_fd)))
         else:
-            raise CfsError(f"unexpected file type in repository: {rel}")
+            raise CfsError("unexpected file type in repository: "
+                           f"{errpaths.join(repo_path, rel)}")
     return out
 
 

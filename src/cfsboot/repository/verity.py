@@ -7,6 +7,7 @@ the kernel ioctls with their outcomes sorted the way composefs-rs sorts them
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -15,6 +16,7 @@ from typing import Literal
 from cfsboot import fsverity
 from cfsboot.errors import CfsError
 from cfsboot.fsverity import kernel
+from cfsboot.repository import errpaths
 from cfsboot.repository.meta import Algorithm
 
 EnableResult = Literal["enabled", "exists", "unsupported"]
@@ -35,7 +37,13 @@ def new_hasher(alg: Algorithm) -> fsverity.FsVerityHasher:
 def digest_fd(fd: int, alg: Algorithm) -> tuple[bytes, int]:
     """(digest, size) of an open file's whole content; ``fd``'s offset is not
     touched (the file is read through a fresh open file description)."""
-    own = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        own = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        # Name the file itself, not the /proc/self/fd alias (callers may know better).
+        with contextlib.suppress(OSError):
+            e.filename = os.readlink(f"/proc/self/fd/{fd}")
+        raise
     try:
         return fsverity.digest_fd(own, alg.hash_name)
     finally:
@@ -88,7 +96,8 @@ def enable_maybe_copy(fd: int, alg: Algorithm, tmp_dir_fd: int) -> tuple[int, En
         os.lseek(fd, 0, os.SEEK_SET)
         while block := os.read(fd, 1 << 20):
             os.write(copy, block)
-        ro = os.open(f"/proc/self/fd/{copy}", os.O_RDONLY | os.O_CLOEXEC)
+        with errpaths.as_file(None):  # an anonymous copy: no name to give
+            ro = os.open(f"/proc/self/fd/{copy}", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(copy)
     try:
