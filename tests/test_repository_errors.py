@@ -232,6 +232,14 @@ def test_fsck_reports_non_directory(repo: Path, capsys: pytest.CaptureFixture[st
     assert f"fsck: unexpected-file-type: {area}: not a directory" in report["errors"]
 
 
+def test_fsck_reports_a_file_among_object_directories(
+        repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / "objects" / "ab").write_bytes(b"not an object directory")
+    rc, out, _ = _cfsboot(capsys, "repo", "fsck", "--repo", str(repo))
+    assert rc == 1
+    assert "  - fsck: unexpected-file-type: objects/ab: not a directory" in out.splitlines()
+
+
 def test_fsck_reports_dangling_area_symlink(repo: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     shutil.rmtree(repo / "images")

@@ -155,6 +155,8 @@ def _check_objects(repo: Repository, result: FsckResult, threads: int) -> None:
         rel = f"objects/{name}"
         if stat.S_ISDIR(os.stat(rel, dir_fd=repo.fd, follow_symlinks=False).st_mode):
             subdirs.append(name)
+        else:  # objects live in objects/XX/: anything else there is not one
+            result.error("unexpected-file-type", rel, "not a directory")
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for partial in pool.map(lambda sub: _check_object_dir(repo, sub), subdirs):
             result.merge(partial)
