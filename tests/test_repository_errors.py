@@ -254,3 +254,24 @@ def test_stray_file_in_refs_names_repo_path(repo: Path,
     (repo / "images" / "refs" / "stray").write_bytes(b"")
     assert _error(capsys, "repo", "images", "--repo", str(repo)) == \
         f"cfsboot: unexpected file type in repository: {repo}/images/refs/stray"
+
+
+def test_full_disk_while_storing_an_object_says_so(
+        repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write into the object store that fails is reported as such, naming the
+    file being stored and the repository, never as a failure to read the source."""
+    import errno
+
+    from cfsboot.repository import objects
+
+    def full(fd: int, data: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(objects, "_write_all", full)
+    src = tmp_path / "src3"
+    src.mkdir()
+    (src / "big").write_bytes(b"Z" * 10_000)
+    line = _error(capsys, "create-image", "--repo", str(repo), str(src), "new")
+    assert line.startswith(f"cfsboot: cannot store {src}/big in the object store: "
+                           f"No space left on device ({repo}/objects"), line

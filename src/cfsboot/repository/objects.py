@@ -438,7 +438,9 @@ class PendingRepoObject:
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         assert self._tmp.fd is not None, "write after commit/abort"
-        _write_all(self._tmp.fd, data)
+        # (a full disk, say: the error names the temporary file, or objects/)
+        with self._sink._store.error_paths(), errpaths.as_file(self._tmp.name or "."):
+            _write_all(self._tmp.fd, data)
         return len(data)
 
     __call__ = write  # digest_fd(..., sink=pending) calls it per chunk

@@ -33,7 +33,7 @@ import gc
 import os
 import stat as st_
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from cfsboot import native
@@ -454,21 +454,29 @@ class _Scanner:
             if not st_.S_ISREG(before.st_mode) or (before.st_dev, before.st_ino) != (
                     job.st.st_dev, job.st.st_ino):
                 raise ScanError(f"{shown(job.path)} was replaced while scanning")
-            pending = sink.begin(before.st_size) if sink is not None else None
+            try:
+                pending = sink.begin(before.st_size) if sink is not None else None
+            except OSError as e:
+                raise _store_error(job.path, e) from e
             try:
                 digest, size = digest_fd(fd, opts.alg, bufsize=opts.bufsize,
-                                         sink=pending.write if pending is not None else None)
+                                         sink=_storing(pending.write) if pending else None)
                 if size != job.st.st_size:
                     raise ScanError(f"{shown(job.path)} changed size while scanning "
                                     f"({job.st.st_size} -> {size} bytes)")
             except BaseException as e:
                 if pending is not None:
                     pending.abort()  # never leave a partial object behind
+                if isinstance(e, _StoreFailed):
+                    raise _store_error(job.path, e.error) from e
                 if isinstance(e, OSError):
                     raise ScanError(f"cannot read {shown(job.path)}: {e.strerror}") from e
                 raise
             if pending is not None:
-                pending.commit(digest)
+                try:
+                    pending.commit(digest)
+                except OSError as e:
+                    raise _store_error(job.path, e) from e
             if cache is not None and cache_key(os.fstat(fd)) == cache_key(before):
                 cache.record(before, digest)  # unchanged while we read it
         finally:
@@ -486,6 +494,28 @@ class _Scanner:
             self.counts.bytes_hashed += hashed
             if not hashed:
                 self.counts.cache_hits += 1
+
+
+class _StoreFailed(Exception):
+    """An OSError from writing into the object store, not from reading the file."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _storing(write: Callable[[memoryview], object]) -> Callable[[memoryview], object]:
+    def store(chunk: memoryview) -> object:
+        try:
+            return write(chunk)
+        except OSError as e:
+            raise _StoreFailed(e) from e
+    return store
+
+
+def _store_error(path: bytes, e: OSError) -> ScanError:
+    where = f" ({e.filename})" if e.filename else ""
+    return ScanError(f"cannot store {shown(path)} in the object store: {e.strerror}{where}")
 
 
 def _job_size(job: _Job) -> int:
