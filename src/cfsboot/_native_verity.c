@@ -47,10 +47,12 @@ static void hash_block(int alg, const unsigned char *block, unsigned char *out)
         SHA256(block, BLOCK, out);
 }
 
+static size_t hash_size(int alg) { return alg == ALG_SHA512 ? 64 : 32; }
+
 static void merkle_init(merkle *m, int alg)
 {
     m->alg = alg;
-    m->hash_size = alg == ALG_SHA512 ? 64 : 32;
+    m->hash_size = hash_size(alg);
     m->size = 0;
     m->levels = 0;
     memset(m->used, 0, sizeof m->used);
@@ -218,8 +220,6 @@ static int parse_alg(int alg)
     return 0;
 }
 
-static size_t hash_size(int alg) { return alg == ALG_SHA512 ? 64 : 32; }
-
 PyObject *cfs_py_digest_fd(PyObject *self, PyObject *args)
 {
     int fd, alg, err;
@@ -346,7 +346,7 @@ static int finish_small_files(file_result *results, size_t n, int alg)
     unsigned char *hashes = (unsigned char *)batch_hashes.data;
     const unsigned char *lanes[16];
     unsigned char *outs[16], together[512];
-    size_t queued = 0, next = 0, width = lanes_for(alg), hash_size = alg == ALG_SHA512 ? 64 : 32;
+    size_t queued = 0, next = 0, width = lanes_for(alg), size = hash_size(alg);
     for (size_t i = 0; i < n; i++) {
         if (!results[i].waiting)
             continue;
@@ -357,7 +357,7 @@ static int finish_small_files(file_result *results, size_t n, int alg)
             if (queued == width) {
                 hash_lanes(alg, lanes, together);
                 for (size_t k = 0; k < width; k++)
-                    memcpy(outs[k], together + hash_size * k, hash_size);
+                    memcpy(outs[k], together + size * k, size);
                 queued = 0;
             }
         }

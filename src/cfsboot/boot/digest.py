@@ -89,14 +89,15 @@ def _compute(path: str, options: DigestOptions, looked_up: CacheLookup | None) -
         raise DigestError(f"unknown hash {options.alg!r} (expected sha256 or sha512)")
     if options.format not in (0, 1, 2):
         raise DigestError(f"unknown EROFS format {options.format} (expected 0, 1 or 2)")
-    check_container_root(path, boot=options.boot_transform)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    look = looked_up
+    look = looked_up  # a caller's lookup has checked the root already
     if look is None and options.cache_dir:
         look = lookup_whole_result(path, options.cache_dir, options.alg, options.format,
                                    options.boot_transform, need_tree=options.need_tree)
+    elif look is None:
+        check_container_root(path, boot=options.boot_transform)
     if look is not None and look.digest is not None and look.counts is not None:
         seconds = time.perf_counter() - t0
         return DigestResult(look.digest, options.alg, options.format, None,

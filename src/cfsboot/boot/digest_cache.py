@@ -80,8 +80,10 @@ def fingerprint_salt(alg: str, image_format: int, boot_transform: bool) -> bytes
 
 def lookup_whole_result(path: str, cache_dir: str, alg: str, image_format: int,
                         boot_transform: bool, *, need_tree: bool = False) -> CacheLookup:
-    """Open the cache and, unless the caller needs the tree itself, look the
-    tree's fingerprint up among the recorded results."""
+    """Check that ``path`` is a container root, open the cache and, unless the
+    caller needs the tree itself, look the tree's fingerprint up among the
+    recorded results."""
+    check_container_root(path, boot=boot_transform)
     cache = HashCache.open(cache_dir, alg, DIGEST_SIZE[alg])
     salt = fingerprint_salt(alg, image_format, boot_transform)
     if need_tree or not cache.has_results():

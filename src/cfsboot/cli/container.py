@@ -77,8 +77,7 @@ def run_compute_composefs_digest(args: argparse.Namespace) -> int:
     looked_up = None
     if args.cache:
         # An unchanged tree is answered from the cache with light imports only.
-        from cfsboot.boot.digest_cache import check_container_root, lookup_whole_result
-        check_container_root(args.path, boot=boot_transform)
+        from cfsboot.boot.digest_cache import lookup_whole_result
         looked_up = lookup_whole_result(args.path, args.cache, args.hash, args.format,
                                         boot_transform,
                                         need_tree=bool(args.write_dumpfile_to))
