@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, RS_VECTORS, VECTORS, need_tool
 
-from cfsboot.cli import main as cli_main
+from cfsboot.cli import parser as cli_parser
 from cfsboot.cli.main import main
 from cfsboot.tree.model import Directory, External, Inline, Leaf, Stat, Symlink
 
@@ -32,7 +32,7 @@ def _only_this_command(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process tests build the parser from this module alone, so another
     area's half-written command cannot fail them (the subprocess test below
     runs the full CLI)."""
-    monkeypatch.setattr(cli_main, "COMMAND_MODULES", ("cfsboot.cli.composefs_info",))
+    monkeypatch.setattr(cli_parser, "COMMAND_MODULES", ("cfsboot.cli.composefs_info",))
 
 
 def run(capsysbinary: pytest.CaptureFixture[bytes], *args: str | Path) -> tuple[int, bytes, bytes]:

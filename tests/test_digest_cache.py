@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from cfsboot.boot.digest import DigestOptions, compute_composefs_digest
-from cfsboot.tree import hashcache
+from cfsboot.boot.digest_cache import COUNT_FIELDS
+from cfsboot.tree import fingerprint
 
 # Scans run with the pure-Python hashing code and with the C accelerator.
 pytestmark = pytest.mark.usefixtures("verity_impl")
@@ -20,7 +21,7 @@ TICK = 0.025  # longer than a kernel timestamp tick
 
 @pytest.fixture
 def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hashcache, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(fingerprint, "RACY_WINDOW_NS", 0)
 
 
 def make_root(root: Path) -> None:
@@ -90,22 +91,53 @@ def test_racily_clean_tree_is_not_recorded(tmp_path: Path) -> None:
     make_root(root)  # every ctime is "now"
     digest(root, cache)
     assert digest(root, cache)[1] is False
-    assert not (cache / "results.v1.json").exists()
+    assert not (cache / "results.v2").exists()
 
 
-def test_damaged_results_are_a_miss(tmp_path: Path, no_racy_window: None) -> None:
-    import json
-
+def test_results_file_format(tmp_path: Path, no_racy_window: None) -> None:
     root, cache = tmp_path / "root", tmp_path / "cache"
     make_root(root)
     expected = digest(root, cache)[0]
-    results = cache / "results.v1.json"
-    data = json.loads(results.read_text())
-    for value in data.values():
-        value["digest"] = "zz"
-    results.write_text(json.dumps(data))
-    assert digest(root, cache)[:2] == (expected, False)
-    results.write_text("{not json")
+    magic, line, end = (cache / "results.v2").read_bytes().split(b"\n")
+    assert (magic, end) == (b"cfsboot-results v2", b"")
+    key, value, *counts = line.decode().split(" ")
+    assert len(bytes.fromhex(key)) == 32 and value == expected
+    assert [c.split("=")[0] for c in counts] == list(COUNT_FIELDS)
+    assert oct((cache / "results.v2").stat().st_mode & 0o777) == "0o600"
+
+
+def damage(line: str, how: str) -> str:
+    key, value, *counts = line.split(" ")
+    if how == "digest not hex":
+        value = "zz" + value[2:]
+    elif how == "digest too short":
+        value = value[:-2]
+    elif how == "count missing":
+        counts = counts[1:]
+    elif how == "count repeated":
+        counts = counts + counts[:1]
+    elif how == "count not a number":
+        counts[0] = counts[0].split("=")[0] + "=-1"
+    elif how == "count without value":
+        counts[0] = counts[0].split("=")[0]
+    elif how == "unknown count":
+        counts[0] = "bogus=" + counts[0].split("=")[1]
+    return " ".join([key, value, *counts])
+
+
+@pytest.mark.parametrize("how", ["digest not hex", "digest too short", "count missing",
+                                 "count repeated", "count not a number",
+                                 "count without value", "unknown count", "other magic",
+                                 "garbage", "empty"])
+def test_damaged_results_are_a_miss(tmp_path: Path, no_racy_window: None, how: str) -> None:
+    root, cache = tmp_path / "root", tmp_path / "cache"
+    make_root(root)
+    expected = digest(root, cache)[0]
+    results = cache / "results.v2"
+    magic, line, _ = results.read_text().split("\n")
+    text = {"other magic": f"cfsboot-results v3\n{line}\n", "garbage": "\x00\xff{not text",
+            "empty": ""}.get(how, f"{magic}\n{damage(line, how)}\n")
+    results.write_text(text, errors="surrogateescape")
     assert digest(root, cache)[:2] == (expected, False)
     assert digest(root, cache)[:2] == (expected, True)  # recorded again
 
@@ -114,28 +146,41 @@ def test_recorded_counts_have_the_scan_counts_fields() -> None:
     """The light cache path validates records against its own list of fields."""
     from dataclasses import fields
 
-    from cfsboot.boot.digest_cache import COUNT_FIELDS
     from cfsboot.tree.counts import ScanCounts
     assert tuple(f.name for f in fields(ScanCounts)) == COUNT_FIELDS
 
 
+# What a run answered from the cache must not import: the scanner and image
+# writer (a whole computation), and what costs milliseconds of a start-up that
+# is half of such a run (argparse and its re/enum/gettext, typing, json,
+# dataclasses, threading, hashlib).
+HEAVY = ("cfsboot.tree.scan", "cfsboot.erofs.writer", "cfsboot.boot.digest", "argparse", "re",
+         "typing", "json", "dataclasses", "threading", "hashlib", "enum")
+
+
+@pytest.mark.parametrize("json_output", [False, True])
 def test_cli_answers_an_unchanged_tree_without_the_heavy_modules(
-        tmp_path: Path, no_racy_window: None) -> None:
-    """The --cache hit path imports neither the scanner nor the image writer."""
+        tmp_path: Path, no_racy_window: None, json_output: bool) -> None:
     import subprocess
     import sys
     root, cache = tmp_path / "root", tmp_path / "cache"
     make_root(root)
     expected = digest(root, cache)[0]
-    code = ("import sys; from cfsboot.cli.main import main; rc = main(sys.argv[1:]); "
-            "heavy = [m for m in ('cfsboot.tree.scan', 'cfsboot.erofs.writer', "
-            "'cfsboot.boot.digest', 'dataclasses') if m in sys.modules]; "
-            "print('heavy:', heavy); sys.exit(rc)")
+    # Only what cfsboot imports counts (not what the interpreter's site did).
+    code = ("import sys; before = set(sys.modules); from cfsboot.cli.main import main; "
+            "rc = main(sys.argv[1:]); "
+            f"print('heavy:', sorted(m for m in {HEAVY!r} if m in set(sys.modules) - before)); "
+            "sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, "container", "compute-composefs-digest",
-                           str(root), "--cache", str(cache)], capture_output=True, text=True,
-                          check=False)
+                           str(root), "--cache", str(cache), *(["--json"] if json_output else [])],
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [expected, "heavy: []"]
+    *output, heavy = proc.stdout.splitlines()
+    if json_output:  # json itself is needed then (and pulls in re and enum)
+        assert heavy == "heavy: ['enum', 'json', 're']"
+        assert '"cached": true' in "".join(output) and expected in "".join(output)
+    else:
+        assert (output, heavy) == ([expected], "heavy: []")
 
 
 def test_light_digest_sizes_agree() -> None:

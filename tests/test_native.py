@@ -10,6 +10,7 @@ import random
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import need_tool
@@ -19,8 +20,10 @@ from test_fsverity import reference_digest
 
 from cfsboot import native
 from cfsboot.fsverity import KERNEL_ALG_ID
-from cfsboot.native import NativeModule
-from cfsboot.tree import hashcache
+from cfsboot.tree import fingerprint
+
+if TYPE_CHECKING:
+    from cfsboot.native import NativeModule
 
 
 @pytest.fixture(params=["multibuffer", "one-block"])
@@ -157,10 +160,10 @@ def make_tree(root: Path) -> None:
 
 
 def python_fingerprint(path: str, salt: bytes, monkeypatch: pytest.MonkeyPatch
-                       ) -> hashcache.TreeFingerprint | None:
+                       ) -> fingerprint.TreeFingerprint | None:
     with monkeypatch.context() as m:
         m.setattr(native, "module", None)
-        return hashcache.fingerprint_tree(path, hashcache.TreeFingerprint(salt))
+        return fingerprint.fingerprint_tree(path, fingerprint.TreeFingerprint(salt))
 
 
 @pytest.mark.parametrize("suffix", ["", "/"])
@@ -169,28 +172,28 @@ def test_fingerprint_equals_the_python_walk(c: NativeModule, tmp_path: Path, suf
     make_tree(tmp_path / "root")
     path = str(tmp_path / "root") + suffix
     want = python_fingerprint(path, b"salt", monkeypatch)
-    got = hashcache.fingerprint_tree(path, hashcache.TreeFingerprint(b"salt"))
+    got = fingerprint.fingerprint_tree(path, fingerprint.TreeFingerprint(b"salt"))
     assert want is not None and got is not None
     assert got.digest() == want.digest()
     assert got.newest_ctime_ns == want.newest_ctime_ns
     # ... and to what a scan feeds it (the cache's whole-result key)
     from cfsboot.tree.scan import ScanOptions, scan_directory
-    fed = hashcache.TreeFingerprint(b"salt")
+    fed = fingerprint.TreeFingerprint(b"salt")
     scan_directory(path, ScanOptions(fingerprint=fed))
     assert fed.digest() == got.digest()
-    assert hashcache.fingerprint_tree(path, hashcache.TreeFingerprint(b"other")).digest() != (
+    assert fingerprint.fingerprint_tree(path, fingerprint.TreeFingerprint(b"other")).digest() != (
         got.digest())
     (tmp_path / "root/a/b/c/new").write_bytes(b"")
-    assert hashcache.fingerprint_tree(path, hashcache.TreeFingerprint(b"salt")).digest() != (
+    assert fingerprint.fingerprint_tree(path, fingerprint.TreeFingerprint(b"salt")).digest() != (
         got.digest())
 
 
 def test_fingerprint_of_what_cannot_be_read_is_none(c: NativeModule, tmp_path: Path) -> None:
-    assert hashcache.fingerprint_tree(str(tmp_path / "nope"),
-                                      hashcache.TreeFingerprint(b"")) is None
+    assert fingerprint.fingerprint_tree(str(tmp_path / "nope"),
+                                        fingerprint.TreeFingerprint(b"")) is None
     (tmp_path / "link").symlink_to(tmp_path)
-    assert hashcache.fingerprint_tree(str(tmp_path / "link"),
-                                      hashcache.TreeFingerprint(b"")) is None
+    assert fingerprint.fingerprint_tree(str(tmp_path / "link"),
+                                        fingerprint.TreeFingerprint(b"")) is None
     with pytest.raises(OSError):
         c.fingerprint_tree(os.fsencode(tmp_path / "nope"), b"")
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot.tree import hashcache
+from cfsboot.tree import cachedir, fingerprint
 from cfsboot.tree.digest_store import FlatDigestStore
-from cfsboot.tree.hashcache import HashCache, TreeFingerprint, fingerprint_tree
+from cfsboot.tree.fingerprint import TreeFingerprint, fingerprint_tree
+from cfsboot.tree.hashcache import HashCache
 from cfsboot.tree.model import walk
 from cfsboot.tree.scan import ScanOptions, ScanResult, scan_directory
 
@@ -34,7 +35,7 @@ def scan(src: Path, cache_dir: Path, **kw: object) -> ScanResult:
 @pytest.fixture
 def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
     # Files made by the test are younger than the racy window; pretend they are not.
-    monkeypatch.setattr(hashcache, "RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(fingerprint, "RACY_WINDOW_NS", 0)
 
 
 def make_files(src: Path) -> None:
@@ -113,7 +114,7 @@ def test_cache_hit_still_fills_a_store(tmp_path: Path, no_racy_window: None) -> 
 
 def test_cache_dir_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"")
-    with pytest.raises(hashcache.HashCacheError, match="not a directory"):
+    with pytest.raises(cachedir.HashCacheError, match="not a directory"):
         HashCache.open(str(tmp_path / "f"), "sha512", 64)
 
 

@@ -58,7 +58,7 @@ static const char *next_name(DIR *dir, int *err)
 
 /* ---- tree fingerprint ------------------------------------------------------ */
 
-/* Mirrors cfsboot.tree.hashcache.TreeFingerprint: the same little-endian
+/* Mirrors cfsboot.tree.fingerprint.TreeFingerprint: the same little-endian
  * records, each directory's (its header, then its entries in readdir order)
  * hashed on its own, and the fingerprint the SHA-256 of the salt, the root's
  * record and the sorted directory digests.  Sorting makes the walk order

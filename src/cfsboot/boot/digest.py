@@ -31,7 +31,8 @@ from cfsboot.boot.digest_cache import (
 )
 from cfsboot.fsverity import DIGEST_SIZE, fsverity_digest
 from cfsboot.tree.counts import ScanCounts
-from cfsboot.tree.hashcache import TreeFingerprint
+from cfsboot.tree.fingerprint import TreeFingerprint
+from cfsboot.tree.hashcache import HashCache
 
 if TYPE_CHECKING:
     from cfsboot.tree.model import Directory, Leaf
@@ -103,7 +104,8 @@ def _compute(path: str, options: DigestOptions, looked_up: CacheLookup | None) -
         return DigestResult(look.digest, options.alg, options.format, None,
                             ScanCounts(**look.counts), {"scan": seconds, "total": seconds},
                             from_cache=True)
-    cache = look.cache if look is not None else None
+    cache = (HashCache(look.cache_dir, options.alg, DIGEST_SIZE[options.alg], look.started_ns)
+             if look is not None else None)
     salt = look.salt if look is not None else b""
     before = look.before if look is not None else None
 
@@ -131,11 +133,10 @@ def _compute(path: str, options: DigestOptions, looked_up: CacheLookup | None) -
     t3 = time.perf_counter()
     timings["image"] = t3 - t2
     timings["total"] = t3 - t0
-    if (cache is not None and fingerprint is not None
-            and fingerprint.is_settled(cache.started_ns)
+    if (look is not None and fingerprint is not None
+            and fingerprint.is_settled(look.started_ns)
             and (before is None or before.digest() == fingerprint.digest())):
-        cache.put_result(fingerprint.digest(),
-                         {"digest": digest.hex(), "counts": asdict(scan.counts)})
+        look.results.put(fingerprint.digest(), digest, asdict(scan.counts))
     return DigestResult(digest, options.alg, options.format, root, scan.counts, timings)
 
 

@@ -1,18 +1,20 @@
 """The ``--cache`` fast path of compute-composefs-digest: is the whole result
-already known?  On an unchanged tree this module, the cache and one metadata
-walk are all a run needs, so it imports nothing heavy (no scanner, no image
-writer, no dataclasses); boot/digest.py does the rest on a miss.
+already known?  On an unchanged tree this module, the cache directory and one
+metadata walk are all a run needs, so it imports nothing heavy (no scanner, no
+image writer, no dataclasses, not even typing or json); boot/digest.py does
+the rest on a miss.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from typing import NamedTuple
+import time
 
 from cfsboot import __version__
 from cfsboot.errors import CfsError
-from cfsboot.tree.hashcache import HashCache, TreeFingerprint, fingerprint_tree
+from cfsboot.tree.cachedir import RecordedResult, ResultStore, open_cache_directory
+from cfsboot.tree.fingerprint import TreeFingerprint, fingerprint_tree
 
 # fs-verity digest sizes (as cfsboot.fsverity.DIGEST_SIZE; that package pulls
 # in hashlib, which an answer from the cache does not need).
@@ -32,12 +34,22 @@ class DigestError(CfsError):
     """The directory is not something a composefs digest can be computed for."""
 
 
-class CacheLookup(NamedTuple):
-    cache: HashCache
-    salt: bytes  # what the fingerprint is keyed with (options and code)
-    before: TreeFingerprint | None  # the tree's fingerprint, when any result is recorded
-    digest: bytes | None  # the recorded result, on a hit
-    counts: dict[str, int] | None  # its counts, as a cache hit reports them
+class CacheLookup:
+    """What a look into the cache found (a plain class: typing.NamedTuple and
+    dataclasses cost milliseconds to import, on a path that takes tens)."""
+
+    __slots__ = ("before", "cache_dir", "counts", "digest", "results", "salt", "started_ns")
+
+    def __init__(self, cache_dir: str, started_ns: int, salt: bytes,
+                 before: TreeFingerprint | None = None, digest: bytes | None = None,
+                 counts: dict[str, int] | None = None) -> None:
+        self.cache_dir = cache_dir  # checked: ours, private
+        self.started_ns = started_ns  # when the run started (for racily clean entries)
+        self.salt = salt  # what the fingerprint is keyed with (options and code)
+        self.before = before  # the tree's fingerprint, when any result is recorded
+        self.digest = digest  # the recorded result, on a hit
+        self.counts = counts  # its counts, as a cache hit reports them
+        self.results = ResultStore(cache_dir)
 
 
 def check_container_root(path: str, *, boot: bool) -> None:
@@ -83,28 +95,24 @@ def lookup_whole_result(path: str, cache_dir: str, alg: str, image_format: int,
     """Check that ``path`` is a container root, open the cache and, unless the
     caller needs the tree itself, look the tree's fingerprint up among the
     recorded results."""
+    started_ns = time.time_ns()
     check_container_root(path, boot=boot_transform)
-    cache = HashCache.open(cache_dir, alg, DIGEST_SIZE[alg])
-    salt = fingerprint_salt(alg, image_format, boot_transform)
-    if need_tree or not cache.has_results():
-        return CacheLookup(cache, salt, None, None, None)
-    before = fingerprint_tree(path, TreeFingerprint(salt))
-    hit = cache.get_result(before.digest()) if before is not None else None
-    digest, counts = _recorded(hit, alg) if hit is not None else (None, None)
-    return CacheLookup(cache, salt, before, digest, counts)
+    look = CacheLookup(open_cache_directory(cache_dir), started_ns,
+                       fingerprint_salt(alg, image_format, boot_transform))
+    if need_tree or not look.results.has_any():
+        return look
+    look.before = fingerprint_tree(path, TreeFingerprint(look.salt))
+    hit = look.results.get(look.before.digest()) if look.before is not None else None
+    if hit is not None:
+        look.digest, look.counts = _recorded(hit, alg)
+    return look
 
 
-def _recorded(hit: dict[str, object], alg: str) -> tuple[bytes | None, dict[str, int] | None]:
+def _recorded(hit: RecordedResult, alg: str) -> tuple[bytes | None, dict[str, int] | None]:
     """The digest and counts of a recorded result; (None, None) when the record
-    is damaged (then it is a miss)."""
-    try:
-        digest = bytes.fromhex(str(hit["digest"]))
-        counts = hit["counts"]
-    except (KeyError, ValueError):
-        return None, None
-    if (len(digest) != DIGEST_SIZE[alg] or not isinstance(counts, dict)
-            or set(counts) != set(COUNT_FIELDS)
-            or not all(type(v) is int for v in counts.values())):
+    does not fit (then it is a miss)."""
+    digest, counts = hit.digest, hit.counts
+    if len(digest) != DIGEST_SIZE[alg] or set(counts) != set(COUNT_FIELDS):
         return None, None
     shown = {name: counts[name] for name in COUNT_FIELDS}
     shown["bytes_hashed"] = 0  # nothing was read this time

@@ -1,79 +1,31 @@
-"""``cfsboot`` entry point: builds the argument parser from the per-area
-command modules and turns ``CfsError``/``OSError`` into one-line errors."""
+"""``cfsboot`` entry point: parses the command line (cli/parser.py) and turns
+``CfsError``/``OSError`` into one-line errors.
+
+Start-up is part of every cached image rebuild, so this module imports
+nothing at the top but os and sys: argparse is imported only when the
+command line is not one that cli/container_digest.py reads directly.
+"""
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
 
 from cfsboot.errors import CfsError
 
-# Command name -> the module that defines it.  Each module has
-# ``register(subparsers)``; a command sets ``func(args) -> int``.  Only the
-# module of the command being run is imported, so start-up stays fast (this
-# runs in every image build) and one area's heavy imports don't tax the others.
-COMMANDS: dict[str, str] = {
-    "mkcomposefs": "cfsboot.cli.mkcomposefs",
-    "composefs-info": "cfsboot.cli.composefs_info",
-    "container": "cfsboot.cli.container",
-    "repo": "cfsboot.cli.repo",
-    "create-image": "cfsboot.cli.image",
-    "mount": "cfsboot.cli.image",
-    "oci": "cfsboot.cli.oci",
-    "keys": "cfsboot.cli.keys",
-    "uki": "cfsboot.cli.uki",
-    "seal": "cfsboot.cli.seal",
-}
-COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 
-def register_modules(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-                     names: Sequence[str]) -> None:
-    """Import each module and let it add its (sub)commands."""
-    for name in names:
-        importlib.import_module(name).register(sub)
-
-
-def _terminal_width() -> int:
-    """As shutil.get_terminal_size, which argparse's default formatter imports
-    for this (and shutil pulls in bz2, lzma, zlib: ~4 ms of every start-up)."""
-    try:
-        return int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        pass
-    try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-    except (AttributeError, ValueError, OSError):
-        return 80
-
-
-class _Formatter(argparse.HelpFormatter):
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None) -> None:
-        super().__init__(prog, indent_increment, max_help_position,
-                         _terminal_width() - 2 if width is None else width)
-
-
-class _Parser(argparse.ArgumentParser):
-    """The default formatter is _Formatter (subcommand parsers are this class too)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
-
-
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = _Parser(
-        prog="cfsboot", description="composefs backend for bootable containers")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
-    module = COMMANDS.get(words[0]) if words else None
-    register_modules(sub, [module] if module else COMMAND_MODULES)
-    return parser
+def _direct_command(words: list[str]) -> Callable[[], int] | None:
+    """The command to run for an invocation read without argparse, or None."""
+    if words[:2] == ["container", "compute-composefs-digest"]:
+        from cfsboot.cli.container_digest import parse_plain, run_compute_composefs_digest
+        request = parse_plain(words[2:])
+        if request is not None:
+            return lambda: run_compute_composefs_digest(request)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,10 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if sys.stdin is None:
         sys.stdin = open(os.devnull)  # noqa: SIM115  (`<&-`: reads see end of file)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = _direct_command(words)
+    if command is None:
+        from cfsboot.cli.parser import build_parser
+        args = build_parser(words).parse_args(words)
+        command = lambda: args.func(args)  # noqa: E731
     try:
-        rc: int = args.func(args)
+        rc = command()
         sys.stdout.flush()
     except CfsError as e:
         return _fail(str(e))

@@ -14,9 +14,10 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from cfsboot.native import NativeModule
+if TYPE_CHECKING:
+    from cfsboot.native import NativeModule
 
 # One C result: (digest, bytes read, st_mode, st_dev, st_ino, st_size,
 # st_mtime_ns, st_ctime_ns, unchanged), or an errno (-1: not a regular file).

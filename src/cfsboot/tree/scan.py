@@ -35,17 +35,18 @@ import stat as st_
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cfsboot import native
 from cfsboot.fsverity import digest_fd
 from cfsboot.fsverity.digest import KERNEL_ALG_ID
 from cfsboot.fsverity.files import NOT_REGULAR, digest_files_detailed
 from cfsboot.fsverity.native_pool import NOT_REGULAR_CODE, NativePool
-from cfsboot.native import ListedEntry, StatLike
 from cfsboot.tree.counts import ScanCounts
 from cfsboot.tree.digest_store import ObjectSink
+from cfsboot.tree.fingerprint import TreeFingerprint
 from cfsboot.tree.hash_pool import HashPool
-from cfsboot.tree.hashcache import HashCache, TreeFingerprint, cache_key
+from cfsboot.tree.hashcache import HashCache, cache_key
 from cfsboot.tree.model import (
     BlockDevice,
     CharDevice,
@@ -69,6 +70,9 @@ from cfsboot.tree.scan_entries import (
     shown,
 )
 from cfsboot.tree.scan_entries import list_entries as _entries
+
+if TYPE_CHECKING:
+    from cfsboot.native import ListedEntry, StatLike
 
 __all__ = ["ScanCounts", "ScanError", "ScanOptions", "ScanResult", "scan_directory"]
 

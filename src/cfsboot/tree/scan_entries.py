@@ -12,11 +12,14 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cfsboot import native
 from cfsboot.errors import CfsError
-from cfsboot.native import ListedEntry, StatLike
 from cfsboot.tree.model import Stat
+
+if TYPE_CHECKING:
+    from cfsboot.native import ListedEntry, StatLike
 
 OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
