@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from cfsboot.cli.container_digest import DigestRequest, parse_plain
+from cfsboot.cli.container_digest import DigestRequest, json_text, parse_plain
 from cfsboot.cli.parser import build_parser
 
 COMMAND = ["container", "compute-composefs-digest"]
@@ -79,3 +79,24 @@ def test_requests_compare_every_field() -> None:
         setattr(other, name, value)
         assert other != base, name
     assert "cache=None" in repr(base)
+
+
+json_values = hs.recursive(
+    hs.none() | hs.booleans() | hs.integers() | hs.floats(allow_nan=False, allow_infinity=False)
+    | hs.text(),
+    lambda inner: hs.dictionaries(hs.text(), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(json_values)
+def test_report_json_is_what_the_json_module_writes(value: object) -> None:
+    """--json output is written without the json module (it imports re)."""
+    import json
+    assert json_text(value) == json.dumps(value, indent=1)
+
+
+def test_report_json_refuses_what_it_cannot_write() -> None:
+    with pytest.raises(ValueError):
+        json_text({"t": float("nan")})
+    with pytest.raises(TypeError):
+        json_text([1])

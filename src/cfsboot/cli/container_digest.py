@@ -145,10 +145,8 @@ def _report(request: DigestRequest, digest: str, counts: dict[str, int],
     if not request.json:
         print(digest)
         return
-    import json
-
     from cfsboot import native
-    print(json.dumps({
+    print(json_text({
         "digest": digest,
         "format": request.format,
         "hash": request.hash,
@@ -156,4 +154,48 @@ def _report(request: DigestRequest, digest: str, counts: dict[str, int],
         "time": {k: round(v, 6) for k, v in timings.items()},
         "cached": cached,  # the whole result came from --cache
         "hashing": native.describe(),  # "c": the accelerator; "python": without it
-    }, indent=1))
+    }))
+
+
+# What json.dumps(..., indent=1) writes, for the few types of a report: the
+# json module imports re (and re imports enum), ~5 ms of a cached run.
+_JSON_SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+                       "\b": "\\b", "\f": "\\f"}
+
+
+def _json_string(text: str) -> str:
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _JSON_SHORT_ESCAPES:
+            out.append(_JSON_SHORT_ESCAPES[ch])
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:  # as a UTF-16 surrogate pair
+            code -= 0x10000
+            out.append(f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}")
+    return '"' + "".join(out) + '"'
+
+
+def json_text(value: object, depth: int = 0) -> str:
+    """``value`` (dicts with str keys, str, int, finite float, bool, None) as
+    ``json.dumps(value, indent=1)`` writes it."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("a report has finite numbers only")
+        return float.__repr__(value)
+    if isinstance(value, str):
+        return _json_string(value)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        inner = " " * (depth + 1)
+        items = [f"{inner}{_json_string(k)}: {json_text(v, depth + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
+    raise TypeError(f"cannot report a {type(value).__name__}")
