@@ -34,7 +34,8 @@ WORDS = ["/target", "root", "", "a=b", "-", "--", "-h", "--help", "-x", "--cache
          "sha512", "md5", "--format", "--format=2", "0", "1", "2", "01", "3", "-1", "+1", " 1",
          "--threads", "--threads=4", "4", "0x4", "1_0", "٣", "--json", "--json=1", "--jso",
          "--no-boot-transform", "--no-boot", "--write-dumpfile-to", "--write-dumpfile-to=d",
-         "dump", "--unknown", "-json"]
+         "dump", "--unknown", "-json", "--cache=--", "--cache=--x", "--write-dumpfile-to=--",
+         "1" * 5000]
 
 
 @settings(max_examples=3000, deadline=None)

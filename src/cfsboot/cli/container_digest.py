@@ -89,13 +89,16 @@ def parse_plain(words: list[str]) -> DigestRequest | None:
                 return None
             value = words[i]
             i += 1
+        elif value == "--":
+            return None  # argparse (3.11) drops it, leaving the option []
         given[name] = value
     hash_ = given.get("--hash", "sha512")
     format_ = given.get("--format", "1")
     threads = given.get("--threads")
     if (len(paths) > 1 or hash_ not in HASHES or format_ not in ("0", "1", "2")
             or (threads is not None
-                and not (threads.isascii() and threads.isdigit() and int(threads) >= 1))):
+                and not (threads.isascii() and threads.isdigit() and len(threads) < 10
+                         and int(threads) >= 1))):
         return None
     return DigestRequest(
         paths[0] if paths else DEFAULT_PATH,

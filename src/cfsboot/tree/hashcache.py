@@ -115,10 +115,6 @@ class HashCache:
         with self._lock:
             self._used[cache_key(st)] = digest
 
-    @property
-    def started_ns(self) -> int:
-        return self._started_ns
-
     def save(self) -> None:
         """Atomically replace the cache file with the entries of this run."""
         with self._lock:
