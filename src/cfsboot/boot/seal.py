@@ -38,7 +38,7 @@ from cfsboot.boot.digest import (
     source_reader,
 )
 from cfsboot.boot.kargs import kargs_in_root, rust_arch, sealed_cmdline
-from cfsboot.boot.manifest import MANIFEST_NAME, ManifestFile, SealManifest
+from cfsboot.boot.manifest import MANIFEST_NAME, ManifestFile, ManifestSource, SealManifest
 from cfsboot.boot.seal_install import (
     KERNEL_FILES,
     STAGE_PREFIX,
@@ -544,18 +544,27 @@ def seal_external(rootfs: str, outdir: str, options: SealOptions | None = None) 
     unsigned = SealOptions(**{**vars(options), "signer": None})
     digest = final_tree_digest(inputs, options.threads, options.cache_dir)
     built = _build(inputs, unsigned, data, kargsd, stub, digest)
+    return write_external(outdir, inputs, built, digest, options.allow_missing_verity, data)
+
+
+def write_external(outdir: str, inputs: SealInputs, built: _Built, digest: str,
+                   insecure: bool, data: dict[str, bytes],
+                   source: ManifestSource | None = None) -> SealManifest:
+    """Write the unsigned UKI and systemd-boot, then their manifest, into ``outdir``
+    (shared by directory and OCI sealing; ``source`` names a stored image)."""
     sd_name = os.path.basename(systemd_boot_source(inputs.efi_arch))
     entries = [("uki", f"{inputs.kver}.efi", built.uki, (uki_target(inputs.kver),)),
                ("systemd-boot", sd_name, built.systemd_boot,
                 systemd_boot_targets(inputs.efi_arch))]
     manifest = SealManifest(
         kver=inputs.kver, efi_arch=inputs.efi_arch, cmdline=built.cmdline, digest=digest,
-        insecure=options.allow_missing_verity,
+        insecure=insecure,
         vmlinuz_sha256=hashlib.sha256(data["vmlinuz"]).hexdigest(),
         initramfs_sha256=hashlib.sha256(data["initramfs"]).hexdigest(),
         files=tuple(ManifestFile(role, name, hashlib.sha256(image).hexdigest(),
                                  authenticode.authenticode_digest(image).hex(), targets)
-                    for role, name, image, targets in entries))
+                    for role, name, image, targets in entries),
+        source=source)
     os.makedirs(outdir, exist_ok=True)
     for _, name, image, _ in entries:
         atomic_write_bytes(os.path.join(outdir, name), image, 0o644)
@@ -609,11 +618,20 @@ def match_signed(manifest: SealManifest, signed: dict[str, bytes],
     return out
 
 
+def check_signed_uki(manifest: SealManifest, image: bytes) -> None:
+    """The signed UKI seals the manifest's digest (its Authenticode hash already
+    matched, so this guards against a manifest whose digest was edited)."""
+    karg = uki.composefs_karg(uki.inspect_uki(image).cmdline or "")
+    if karg is None or karg.digest != manifest.digest:
+        raise SealError("the signed UKI does not carry the manifest's composefs digest")
+
+
 def inject(rootfs: str, manifest: SealManifest, signed: dict[str, bytes],
            trusted: Sequence[x509.Certificate] | None = None, threads: int | None = None,
            cache_dir: str | None = None, force: bool = False) -> SealResult:
     """Complete an externally signed seal: check the manifest, the signed files
     against it and the tree against its digest, then install as ``seal`` does."""
+    manifest.require_kind(oci=False)
     check_manifest_targets(manifest)
     by_role = match_signed(manifest, signed, trusted)
     inputs = check_prerequisites(rootfs, manifest.efi_arch)
@@ -627,9 +645,7 @@ def inject(rootfs: str, manifest: SealManifest, signed: dict[str, bytes],
         if hashlib.sha256(data[key]).hexdigest() != want:
             raise SealError(f"the {key} in {rootfs} is not the one the manifest was made from")
     files = {target: by_role[f.role] for f in manifest.files for target in f.targets}
-    karg = uki.composefs_karg(uki.inspect_uki(by_role["uki"]).cmdline or "")
-    if karg is None or karg.digest != manifest.digest:
-        raise SealError("the signed UKI does not carry the manifest's composefs digest")
+    check_signed_uki(manifest, by_role["uki"])
     with signals_interrupt(), _digest_cache(cache_dir) as cache:
         digest = final_tree_digest(inputs, threads, cache)
         if digest != manifest.digest:

@@ -10,6 +10,8 @@ and EROFS/fs-verity parameters (``seal.sealed_image`` is that shared step over
 a tree model).  Kernel, initramfs, os-release, kargs.d and systemd-boot are read
 from the tree (repository objects); the prerequisite checks are those of
 ``seal.check_prerequisites``, on the tree model.
+
+External signing for a stored image is in seal_oci_external.py.
 """
 
 from __future__ import annotations
@@ -51,8 +53,6 @@ from cfsboot.tree.model import Directory, External, Inline, Leaf
 ReadFile = Callable[[Leaf], bytes]
 ESP_PREFIX = "boot/"   # the sealed-tree paths are under /boot; the ESP is /boot's content
 
-
-# --- the shared digest step --------------------------------------------------------------------
 
 # --- tree lookups and prerequisites ------------------------------------------------------------
 
@@ -203,6 +203,64 @@ def esp_path(sealed_rel: str) -> str:
     return sealed_rel[len(ESP_PREFIX):]
 
 
+@dataclass
+class Prepared:
+    """A stored image opened and checked, with what its seal is built from."""
+    manifest_digest: str
+    tree: TreeSealInputs
+    inputs: SealInputs        # as _build wants them (it reads only kver and efi_arch)
+    data: dict[str, bytes]    # vmlinuz, initramfs, os_release, systemd_boot
+    kargsd: list[str]
+    stub: bytes
+    stub_path: str
+    stub_origin: str
+    image: bytes              # the sealed tree's EROFS image: composefs= pins it
+    digest: str
+
+
+@dataclass
+class OpenedTree:
+    manifest_digest: str
+    root: Directory
+    read_file: ReadFile
+    tree: TreeSealInputs
+
+    def sealed_image(self) -> tuple[bytes, str]:
+        """The sealed tree's EROFS image and its digest; changes ``root`` in place."""
+        image = sealed_image(self.root, f"{MODULES_DIR}/{self.tree.kver}", self.read_file,
+                             "is missing from the tree")
+        return image, fsverity_digest(image, "sha512").hex()
+
+
+def open_tree(repo: Repository, name: str, efi_arch: str) -> OpenedTree:
+    """The stored image ``name`` as a tree model, its seal prerequisites checked."""
+    manifest_digest, manifest_verity = resolve_ref(repo, name)
+    img = open_image(repo, manifest_digest, manifest_verity)
+    if not img.is_container:
+        raise OciImageError(f"{name} is an artifact, not a container image")
+    read_file = repo_file_reader(repo)
+    root = create_filesystem(repo, img.config_desc.digest, img.config_verity)
+    tree = check_tree_prerequisites(root, read_file, f"image {name}", efi_arch)
+    return OpenedTree(manifest_digest, root, read_file, tree)
+
+
+def prepare(repo: Repository, name: str, options: SealOptions) -> Prepared:
+    t = open_tree(repo, name, options.efi_arch)
+    read_file, tree = t.read_file, t.tree
+    data = {"vmlinuz": read_file(tree.vmlinuz), "initramfs": read_file(tree.initramfs),
+            "os_release": read_file(tree.os_release),
+            "systemd_boot": read_file(tree.systemd_boot)}
+    # kargs.d and the stub are read before sealed_image changes the tree in place.
+    kargsd = kargs_in_tree(t.root, read_file,
+                           options.kargs_arch or rust_arch(options.efi_arch))
+    stub, stub_path, stub_origin = _stub(t.root, read_file, options)
+    image, digest = t.sealed_image()
+    inputs = SealInputs(f"image {name}", tree.kver, tree.efi_arch, OS_RELEASE_PATHS[0],
+                        systemd_boot_source(tree.efi_arch))
+    return Prepared(t.manifest_digest, tree, inputs, data, kargsd, stub, stub_path,
+                     stub_origin, image, digest)
+
+
 def seal_oci_image(repo: Repository, name: str, output: str,
                    options: SealOptions | None = None,
                    image_ref_name: str | None = None) -> OciSealResult:
@@ -211,49 +269,41 @@ def seal_oci_image(repo: Repository, name: str, output: str,
     empty directory), all at once.  With ``image_ref_name``, also commit the
     sealed tree's image (the one ``composefs=`` pins) as images/refs/NAME."""
     options = options or SealOptions()
-    _check_output(output)
-    manifest_digest, manifest_verity = resolve_ref(repo, name)
-    img = open_image(repo, manifest_digest, manifest_verity)
-    if not img.is_container:
-        raise OciImageError(f"{name} is an artifact, not a container image")
-    read_file = repo_file_reader(repo)
-    root = create_filesystem(repo, img.config_desc.digest, img.config_verity)
-    where = f"image {name}"
-    tree = check_tree_prerequisites(root, read_file, where, options.efi_arch)
-    data = {"vmlinuz": read_file(tree.vmlinuz), "initramfs": read_file(tree.initramfs),
-            "os_release": read_file(tree.os_release),
-            "systemd_boot": read_file(tree.systemd_boot)}
-    kargsd = kargs_in_tree(root, read_file, options.kargs_arch or rust_arch(options.efi_arch))
-    stub, stub_path, stub_origin = _stub(root, read_file, options)
-    image = sealed_image(root, f"{MODULES_DIR}/{tree.kver}", read_file,
-                         "is missing from the tree")
-    digest = fsverity_digest(image, "sha512").hex()
-    # _build needs only the kernel version and architecture of its inputs.
-    inputs = SealInputs(where, tree.kver, tree.efi_arch, OS_RELEASE_PATHS[0],
-                        systemd_boot_source(tree.efi_arch))
-    built = _build(inputs, options, data, kargsd, stub, digest)
-    files = {esp_path(uki_target(tree.kver)): built.uki}
-    for target in systemd_boot_targets(tree.efi_arch):
-        files[esp_path(target)] = built.systemd_boot
-    _check_built(files, esp_path(uki_target(tree.kver)), digest,
+    check_output(output)
+    check_can_store(repo, image_ref_name)
+    p = prepare(repo, name, options)
+    built = _build(p.inputs, options, p.data, p.kargsd, p.stub, p.digest)
+    files = esp_files(p.tree.kver, p.tree.efi_arch, built.uki, built.systemd_boot)
+    _check_built(files, esp_path(uki_target(p.tree.kver)), p.digest,
                  [options.signer.certificate] if options.signer else None)
     write_tree_atomically(output, files)
-    image_ref = _store_sealed_image(repo, image, digest, image_ref_name)
-    return OciSealResult(name, manifest_digest, digest, options.allow_missing_verity,
-                         tree.kver, built.cmdline, options.signer is not None, output,
-                         list(files), stub_path, stub_origin, image_ref)
+    image_ref = store_sealed_image(repo, p.image, p.digest, image_ref_name)
+    return OciSealResult(name, p.manifest_digest, p.digest, options.allow_missing_verity,
+                         p.tree.kver, built.cmdline, options.signer is not None, output,
+                         list(files), p.stub_path, p.stub_origin, image_ref)
 
 
-def _store_sealed_image(repo: Repository, image: bytes, digest: str,
+def esp_files(kver: str, efi_arch: str, uki_image: bytes, sd: bytes) -> dict[str, bytes]:
+    files = {esp_path(uki_target(kver)): uki_image}
+    for target in systemd_boot_targets(efi_arch):
+        files[esp_path(target)] = sd
+    return files
+
+
+def check_can_store(repo: Repository, ref: str | None) -> None:
+    if ref is not None and repo.algorithm.digest_size != 64:
+        raise SealError("the sealed digest is SHA-512: store the sealed image in a SHA-512 "
+                        f"repository (this one is {repo.algorithm.meta_name})")
+
+
+def store_sealed_image(repo: Repository, image: bytes, digest: str,
                         ref: str | None) -> str | None:
     """Commit the image the UKI pins, so the repository can mount and deploy
     exactly it (its ID is the digest in ``composefs=``).  Only a SHA-512
     repository names images by that digest."""
     if ref is None:
         return None
-    if repo.algorithm.digest_size != 64:
-        raise SealError("the sealed digest is SHA-512: store the sealed image in a SHA-512 "
-                        f"repository (this one is {repo.algorithm.meta_name})")
+    check_can_store(repo, ref)
     stored = repo.write_image(ref, image)
     if stored.hex() != digest:
         raise SealError(f"stored image {stored.hex()} is not the sealed digest {digest}")
@@ -272,7 +322,7 @@ def _check_built(files: dict[str, bytes], uki_rel: str, digest: str,
 
 # --- the output directory ----------------------------------------------------------------------
 
-def _check_output(output: str) -> None:
+def check_output(output: str) -> None:
     if os.path.islink(output):
         raise SealError(f"{output} is a symlink; give a new directory")
     if os.path.isdir(output):
@@ -308,7 +358,7 @@ def write_tree_atomically(output: str, files: dict[str, bytes]) -> None:
                 os.fsync(f.fileno())
         for d in sorted(dirs, key=len, reverse=True):
             fsync_dir(d)
-        _check_output(output)
+        check_output(output)
         os.rename(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -24,15 +24,18 @@ from cfsboot.repository.repo import Repository, RepositoryError
 SYSTEM_REPO = "/sysroot/composefs"
 
 
-def add_repo_options(parser: argparse.ArgumentParser, *, nested: bool = False) -> None:
+def add_repo_options(parser: argparse.ArgumentParser, *, nested: bool = False,
+                     repo_help: str | None = None) -> None:
     """``--repo/--user/--system``, ``--insecure``, ``--require-verity``.  With
-    ``nested`` the options do not override values given before the subcommand."""
+    ``nested`` the options do not override values given before the subcommand;
+    ``repo_help`` replaces the text of --repo (for a command whose repository
+    is optional: there is no default one then)."""
     default: Any = argparse.SUPPRESS if nested else None
     flag_default: Any = argparse.SUPPRESS if nested else False
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--repo", metavar="PATH", default=default,
-                       help="repository path (default: /sysroot/composefs as root, "
-                            "else $HOME/.var/lib/composefs)")
+                       help=repo_help or "repository path (default: /sysroot/composefs as "
+                       "root, else $HOME/.var/lib/composefs)")
     group.add_argument("--user", action="store_true", default=flag_default,
                        help="use $HOME/.var/lib/composefs")
     group.add_argument("--system", action="store_true", default=flag_default,

@@ -5,6 +5,8 @@
     cfsboot seal inject SIGNED... --manifest M ROOTFS [--cert DB]
     cfsboot seal verify ROOTFS [--cert DB] [--allow-unsigned]
     cfsboot seal oci --repo R --oci-image NAME --output DIR (--key K --cert C | --unsigned)
+    cfsboot seal oci --repo R --oci-image NAME --external-signing OUTDIR
+    cfsboot seal inject SIGNED... --manifest M --output DIR [--repo R] [--cert DB]
 
 Sealing checks the prerequisites (one kernel with vmlinuz + initramfs.img in
 /usr/lib/modules/<kver>/, systemd-boot, no bootupd, no pre-built UKI), computes
@@ -20,19 +22,23 @@ with --force.
 External signing: ROOTFS is only read (a read-only mount will do).  Sign the
 two emitted files with any Authenticode signer (``cfsboot uki sign``, ``sbsign``,
 an HSM service), then ``seal inject`` them.  Without --cert, ``inject`` and
-``verify`` check signatures for integrity only (and say so on stderr).
+``verify`` check signatures for integrity only (and say so on stderr).  For
+``seal oci --external-signing`` the manifest names the image, and ``inject
+--output DIR`` writes the signed files to a new DIR in the ESP layout instead
+(with --repo it first checks that the stored image still has the sealed digest).
 Options go after ROOTFS (``seal build ROOTFS`` is the explicit spelling).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cfsboot.boot import authenticode
 from cfsboot.boot.manifest import SealManifest
@@ -43,6 +49,10 @@ from cfsboot.cli.signing_options import (
     signer_from_args,
 )
 from cfsboot.errors import CfsError
+
+if TYPE_CHECKING:
+    from cfsboot.boot.seal import SealOptions
+    from cfsboot.boot.seal_oci import OciSealResult
 
 COMMANDS = ("build", "inject", "verify")
 
@@ -125,16 +135,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_signing_options(b, required=False)
     b.set_defaults(func=run_build)
 
-    i = ssub.add_parser("inject", help="complete an externally signed seal")
+    i = ssub.add_parser("inject", help="complete an externally signed seal (into ROOTFS, "
+                        "or to --output for 'seal oci')")
     i.add_argument("paths", nargs="+", metavar="SIGNED... ROOTFS",
-                   help="the signed files, then the root filesystem")
+                   help="the signed files, then the root filesystem (no ROOTFS with "
+                        "--output)")
     i.add_argument("--manifest", required=True, metavar="FILE",
-                   help="manifest.json written by 'seal --external-signing'")
+                   help="manifest.json written by 'seal [oci] --external-signing'")
+    i.add_argument("--output", metavar="DIR",
+                   help="for a manifest from 'seal oci': new (or empty) directory for the "
+                        "signed files in the ESP layout")
     i.add_argument("--cert", action="append", default=[], metavar="FILE",
                    help="trusted certificate the signatures must chain to; repeatable "
                         "(without it signatures are checked for integrity only)")
     _force(i)
     _common(i)
+    from cfsboot.cli.repo import add_repo_options
+    add_repo_options(i, repo_help="with --output: check first that the image the manifest "
+                     "names still seals its digest in this repository (not checked without "
+                     "--repo/--user/--system)")
     i.set_defaults(func=run_inject)
 
     _register_oci(ssub)
@@ -158,12 +177,17 @@ def _register_oci(ssub: argparse._SubParsersAction[_IntermixedParser]) -> None:
     from cfsboot.cli.repo import add_repo_options
 
     o = ssub.add_parser("oci", help="seal an OCI image stored in a repository: write its "
-                        "UKI and systemd-boot to --output in the ESP layout")
+                        "UKI and systemd-boot to --output in the ESP layout (or unsigned, "
+                        "with --external-signing)")
     o.add_argument("--oci-image", required=True, metavar="NAME",
                    help="the stored image: a tag or a manifest digest")
-    o.add_argument("--output", required=True, metavar="DIR",
+    o.add_argument("--output", metavar="DIR",
                    help="new (or empty) directory for EFI/Linux/<kver>.efi, "
                         "EFI/BOOT/BOOT<ARCH>.EFI and EFI/systemd/systemd-boot<arch>.efi")
+    o.add_argument("--external-signing", metavar="OUTDIR",
+                   help="instead of --output: write the unsigned UKI, systemd-boot and "
+                        "manifest.json to OUTDIR for an external signer, then "
+                        "'seal inject --output'")
     o.add_argument("--store-image", metavar="REF",
                    help="also commit the sealed tree's image (the one composefs= pins; "
                         "SHA-512 repository) as images/refs/REF, ready to mount")
@@ -192,29 +216,63 @@ def run_oci(args: argparse.Namespace) -> int:
     from cfsboot.cli.repo import open_repo_from_args
 
     signer = signer_from_args(args)
-    if signer is None and not args.unsigned:
+    if args.external_signing:
+        if signer is not None or args.unsigned or args.output:
+            raise CfsError("--external-signing writes unsigned files to OUTDIR: drop "
+                           "--key/--unsigned/--output")
+    elif not args.output:
+        raise CfsError("seal oci needs --output DIR (or --external-signing OUTDIR)")
+    elif signer is None and not args.unsigned:
         raise CfsError("sealing needs --cert with --key/--sign-command/--pkcs11-uri "
-                       "(or --unsigned for testing)")
-    if signer is not None and args.unsigned:
+                       "(or --unsigned for testing, or --external-signing OUTDIR)")
+    elif signer is not None and args.unsigned:
         raise CfsError("--unsigned conflicts with signing options")
     options = seal.SealOptions(
         signer=signer, extra_certs=extra_certs_from_args(args), kargs=args.karg,
         allow_missing_verity=args.allow_missing_verity, efi_arch=args.efi_arch,
         kargs_arch=args.kargs_arch, stub_path=args.stub, layout=args.ukify_layout,
         sign_kernel=args.sign_kernel)
+    if args.external_signing:
+        return _run_oci_external(args, options)
     with open_repo_from_args(args) as repo:
         result = seal_oci.seal_oci_image(repo, args.oci_image, args.output, options,
                                          image_ref_name=args.store_image)
+    _emit_oci_result(args, result)
+    return 0
+
+
+def _emit_oci_result(args: argparse.Namespace, result: OciSealResult) -> None:
     how = "signed" if result.signed else "UNSIGNED"
     if result.insecure:
         how += ", INSECURE: composefs=? does not require fs-verity, not a real seal"
+    stub = [f"UKI stub: {result.stub} ({STUB_ORIGINS.get(result.stub_origin or '', '?')})"] \
+        if result.stub else []
     _emit(args, asdict(result), [
         f"sealed {result.image} ({result.manifest_digest}) ({how})",
-        f"composefs digest: {result.digest}", f"cmdline: {result.cmdline}",
-        f"UKI stub: {result.stub} ({STUB_ORIGINS.get(result.stub_origin or '', '?')})",
+        f"composefs digest: {result.digest}", f"cmdline: {result.cmdline}", *stub,
         *(f"wrote {result.output}/{w}" for w in result.written),
         *([f"stored the sealed image as images/refs/{result.image_ref}"]
           if result.image_ref else [])])
+
+
+def _run_oci_external(args: argparse.Namespace, options: SealOptions) -> int:
+    from cfsboot.boot import seal_oci_external
+    from cfsboot.cli.repo import open_repo_from_args
+
+    out = args.external_signing
+    with open_repo_from_args(args) as repo:
+        m = seal_oci_external.seal_oci_external(repo, args.oci_image, out, options,
+                                                image_ref_name=args.store_image)
+    assert m.source is not None
+    _emit(args, {"manifest": json.loads(m.to_json())}, [
+        f"image: {m.source.oci_image} ({m.source.manifest_digest})",
+        f"composefs digest: {m.digest}", f"cmdline: {m.cmdline}",
+        *(f"unsigned: {out}/{f.name}" for f in m.files),
+        f"manifest: {out}/manifest.json",
+        *([f"stored the sealed image as images/refs/{args.store_image}"]
+          if args.store_image else []),
+        f"sign the files, then: cfsboot seal inject SIGNED... --manifest {out}/manifest.json "
+        "--output DIR"])
     return 0
 
 
@@ -300,16 +358,44 @@ def _warn_untrusted(args: argparse.Namespace) -> None:
 def run_inject(args: argparse.Namespace) -> int:
     from cfsboot.boot import seal
 
+    manifest = SealManifest.from_json(Path(args.manifest).read_text())
+    manifest.require_kind(oci=args.output is not None)
+    if args.output is not None:
+        return _run_inject_oci(args, manifest)
+    if _repo_given(args):
+        raise CfsError("--repo is for a manifest from 'seal oci'")
     if len(args.paths) < 2:
         raise CfsError("seal inject needs the signed files and then ROOTFS")
     *signed_paths, rootfs = args.paths
-    manifest = SealManifest.from_json(Path(args.manifest).read_text())
     signed = {p: Path(p).read_bytes() for p in signed_paths}
     result = seal.inject(rootfs, manifest, signed, _certs(args.cert) or None, args.threads,
                          force=args.force)
     _warn_untrusted(args)
     args.rootfs = rootfs
     _emit_result(args, result)
+    return 0
+
+
+def _repo_given(args: argparse.Namespace) -> bool:
+    return bool(args.repo or args.user or args.system)
+
+
+def _run_inject_oci(args: argparse.Namespace, manifest: SealManifest) -> int:
+    from cfsboot.boot import seal_oci_external
+    from cfsboot.cli.repo import open_repo_from_args
+
+    if args.force:
+        raise CfsError("--force is for a ROOTFS; --output must be a new or empty directory")
+    rootfs = next((p for p in args.paths if Path(p).is_dir()), None)
+    if rootfs is not None:
+        raise CfsError(f"{rootfs} is a directory: with --output give only the signed files")
+    signed = {p: Path(p).read_bytes() for p in args.paths}
+    trusted = _certs(args.cert) or None
+    with contextlib.ExitStack() as stack:
+        repo = stack.enter_context(open_repo_from_args(args)) if _repo_given(args) else None
+        result = seal_oci_external.inject_oci(manifest, signed, args.output, trusted, repo)
+    _warn_untrusted(args)
+    _emit_oci_result(args, result)
     return 0
 
 
