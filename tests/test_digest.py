@@ -164,3 +164,35 @@ def test_minimal_root_is_deterministic(tmp_path: Path,
 def test_invalid_thread_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run_cli(capsys, str(tmp_path), "--threads", "0")
     assert rc == 1 and "thread" in err
+
+
+@pytest.mark.parametrize("where", ["var/cache/cfsboot", ".", "link-into-tree/c"])
+def test_cache_inside_the_tree_is_refused(tmp_path: Path, where: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A cache inside the tree would become part of the image it digests."""
+    root = tmp_path / "root"
+    make_minimal_root(root)
+    (tmp_path / "link-into-tree").symlink_to(root / "usr")
+    cache = tmp_path / where if where.startswith("link") else root / where
+    before = sorted(p.name for p in root.rglob("*"))
+    rc, out, err = run_cli(capsys, str(root), "--cache", str(cache))
+    assert (rc, out) == (1, "")
+    assert err == (f"cfsboot: cache directory {cache} is inside {root}: its files would become "
+                   "part of the image; give a directory outside the tree\n")
+    assert sorted(p.name for p in root.rglob("*")) == before  # nothing created
+    # Beside the tree (a name that merely starts the same) is fine.
+    rc, out, _ = run_cli(capsys, str(root), "--cache", str(tmp_path / "root-cache"))
+    assert rc == 0 and len(out.strip()) == 128
+
+
+def test_dumpfile_inside_the_tree_is_refused(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Written after the digest, it would make the tree differ from its digest."""
+    root = tmp_path / "root"
+    make_minimal_root(root)
+    rc, out, err = run_cli(capsys, str(root), "--write-dumpfile-to", str(root / "tree.dump"))
+    assert (rc, out) == (1, "") and not (root / "tree.dump").exists()
+    assert err == (f"cfsboot: dumpfile {root / 'tree.dump'} is inside {root}: writing it would "
+                   "change the tree after its digest was taken; write it outside the tree\n")
+    rc, out, _ = run_cli(capsys, str(root), "--write-dumpfile-to", str(tmp_path / "tree.dump"))
+    assert rc == 0 and (tmp_path / "tree.dump").read_text().startswith("/ ")

@@ -76,6 +76,21 @@ def check_container_root(path: str, *, boot: bool) -> None:
             raise DigestError(f"not a container root: /{name} in {path} is not a directory")
 
 
+def inside_tree(path: str, other: str) -> bool:
+    """Whether ``other`` is ``path`` or lies below it (symlinks resolved)."""
+    root = os.path.realpath(path)
+    target = os.path.realpath(other)
+    return target == root or target.startswith(root.rstrip("/") + "/")
+
+
+def check_cache_outside(path: str, cache_dir: str) -> None:
+    """Refuse a cache inside the tree: its files would become part of the very
+    image whose digest it caches (and change it from run to run)."""
+    if inside_tree(path, cache_dir):
+        raise DigestError(f"cache directory {cache_dir} is inside {path}: its files would "
+                          "become part of the image; give a directory outside the tree")
+
+
 def fingerprint_salt(alg: str, image_format: int, boot_transform: bool) -> bytes:
     """What a cached whole result depends on besides the tree: the options and
     the code (cfsboot's version and the size and mtime of its sources)."""
@@ -97,6 +112,7 @@ def lookup_whole_result(path: str, cache_dir: str, alg: str, image_format: int,
     recorded results."""
     started_ns = time.time_ns()
     check_container_root(path, boot=boot_transform)
+    check_cache_outside(path, cache_dir)
     look = CacheLookup(open_cache_directory(cache_dir), started_ns,
                        fingerprint_salt(alg, image_format, boot_transform))
     if need_tree or not look.results.has_any():

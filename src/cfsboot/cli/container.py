@@ -63,7 +63,7 @@ def register_compute_composefs_digest(sub: Subparsers) -> None:
     p.add_argument("--cache", metavar="DIR",
                    help="build cache: digests of unchanged files, and the result for an "
                    "unchanged tree, are reused from DIR (created if needed; it must be "
-                   "writable only by you)")
+                   "writable only by you, and outside PATH)")
     p.set_defaults(func=_run_compute_composefs_digest)
 
 
