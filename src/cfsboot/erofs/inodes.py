@@ -247,6 +247,7 @@ class Collector:
         self.rs_mode = not opts.c_compat
         self.epoch1 = opts.epoch1
         self.one_chunk_max = ONE_CHUNK_MAX if opts.epoch1 else 0  # 0: no fast chunk index
+        self.c_fast = opts.c_compat and opts.epoch1  # _make_c_external applies
         self.overlay_bloom = self.xattrs.overlay_bloom
 
     @property
@@ -337,7 +338,38 @@ class Collector:
             if not tail:
                 self._initial_tail(inode, c)
             return inode
+        if type(c) is External and c.size and c.path and self.c_fast:
+            made = self._make_c_external(leaf, c, count)
+            if made is not None:
+                return made
         return self._make_other_leaf(leaf, count)
+
+    def _make_c_external(self, leaf: Leaf, c: External, count: int) -> Inode | None:
+        """The usual leaf in C mode (``mkcomposefs DIR``): a non-empty external
+        file with a payload, as ``_make_other_leaf`` makes it, without the
+        general xattr machinery.  None when C's per-node xattr budget could be
+        exceeded: the general path then fails exactly as C does."""
+        size = c.size
+        if size > self.one_chunk_max:
+            return None
+        metacopy = _metacopy(c.digest)
+        redirect = b"/" + c.path
+        own = leaf.stat.xattrs
+        # _c_set_xattr's budget for the two overlay xattrs (own names never
+        # collide: trusted.overlay.* ones are escaped).
+        cost = (2 * C_XATTR_ENTRY_COST + len(fmt.OVERLAY_METACOPY) + len(metacopy)
+                + len(fmt.OVERLAY_REDIRECT) + len(redirect)
+                + (0 if own else fmt.XATTR_IBODY_HEADER.size))
+        if cost > C_XATTR_BUDGET:
+            return None
+        i_u = (size - 1).bit_length() - fmt.BLOCK_BITS if size > fmt.BLOCK_SIZE else 0
+        nlink = leaf.nlink if leaf.nlink is not None else count
+        inode = Inode(CHUNKED, leaf.stat, nlink, size, None, self.overlay_bloom, i_u,
+                      fmt.CHUNK_ENTRY_SIZE)
+        if own:
+            self.xattrs.add_own(inode, own)
+        inode.xattrs += [(fmt.OVERLAY_METACOPY, metacopy), (fmt.OVERLAY_REDIRECT, redirect)]
+        return inode
 
     def _make_other_leaf(self, leaf: Leaf, count: int) -> Inode:
         opts = self.opts
