@@ -13,6 +13,7 @@ import time
 
 from cfsboot import __version__
 from cfsboot.errors import CfsError
+from cfsboot.paths import is_within
 from cfsboot.tree.cachedir import RecordedResult, ResultStore, open_cache_directory
 from cfsboot.tree.fingerprint import TreeFingerprint, fingerprint_tree
 
@@ -76,17 +77,10 @@ def check_container_root(path: str, *, boot: bool) -> None:
             raise DigestError(f"not a container root: /{name} in {path} is not a directory")
 
 
-def inside_tree(path: str, other: str) -> bool:
-    """Whether ``other`` is ``path`` or lies below it (symlinks resolved)."""
-    root = os.path.realpath(path)
-    target = os.path.realpath(other)
-    return target == root or target.startswith(root.rstrip("/") + "/")
-
-
 def check_cache_outside(path: str, cache_dir: str) -> None:
     """Refuse a cache inside the tree: its files would become part of the very
     image whose digest it caches (and change it from run to run)."""
-    if inside_tree(path, cache_dir):
+    if is_within(path, cache_dir):
         raise DigestError(f"cache directory {cache_dir} is inside {path}: its files would "
                           "become part of the image; give a directory outside the tree")
 

@@ -1,0 +1,46 @@
+"""Whether one path lies inside another directory, the way the kernel sees it.
+
+Many commands write somewhere while reading or owning a tree: a cache, a
+dumpfile or unsigned files next to a root filesystem, an ESP directory next
+to a repository.  Writing into the tree itself silently changes what was just
+digested (or breaks a repository's layout), so such outputs are refused.
+
+Comparing path strings is not enough: a bind mount or a second symlinked
+spelling reaches the same directory.  So the output's nearest existing
+ancestor is resolved and each directory up from it is compared with the tree
+by (device, inode).  Imported on the path of a cached rebuild: os only.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _existing_ancestor(path: str) -> str:
+    """``path`` resolved, or its nearest ancestor that exists (an output may
+    not exist yet)."""
+    current = os.path.realpath(path)
+    while not os.path.lexists(current) and current != os.path.dirname(current):
+        current = os.path.dirname(current)
+    return current
+
+
+def is_within(directory: str, path: str) -> bool:
+    """True when ``path`` is ``directory`` or lies below it (symlinks, ``..``
+    and bind mounts included).  False when ``directory`` cannot be stat'ed."""
+    try:
+        top = os.stat(directory)
+    except OSError:
+        return False
+    current = _existing_ancestor(path)
+    while True:
+        try:
+            st = os.stat(current)
+        except OSError:
+            return False
+        if (st.st_dev, st.st_ino) == (top.st_dev, top.st_ino):
+            return True
+        parent = os.path.dirname(current)
+        if parent == current:
+            return False
+        current = parent
