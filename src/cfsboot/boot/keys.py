@@ -56,6 +56,10 @@ MAX_COMMON_NAME = 64   # X.520 ub-common-name
 ROLE_TITLES = (("PK", "Platform Key"), ("KEK", "Key Exchange Key"),
                ("db", "Signature Database Key"))
 LAST_VALID_TIME = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)  # GeneralizedTime
+# The files ``generate_key_set`` returns, known before the (slow) generation.
+KEY_SET_FILES: tuple[str, ...] = ("GUID.txt", *(
+    f"{role}.{kind}" for role, _ in ROLE_TITLES for kind in ("key", "crt", "cer", "esl",
+                                                             "auth")))
 
 
 def check_common_name(common_name: str) -> None:

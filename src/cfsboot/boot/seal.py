@@ -37,6 +37,7 @@ from cfsboot.boot.digest import (
     compute_composefs_digest,
     source_reader,
 )
+from cfsboot.boot.digest_cache import check_cache_outside
 from cfsboot.boot.kargs import kargs_in_root, rust_arch, sealed_cmdline
 from cfsboot.boot.manifest import MANIFEST_NAME, ManifestFile, ManifestSource, SealManifest
 from cfsboot.boot.seal_install import (
@@ -50,6 +51,7 @@ from cfsboot.boot.transform import transform_for_boot, transform_for_oci
 from cfsboot.erofs.writer import mkfs_erofs
 from cfsboot.errors import CfsError
 from cfsboot.fsverity import DIGEST_SIZE, fsverity_digest
+from cfsboot.paths import is_within
 from cfsboot.tree.hashcache import HashCache
 from cfsboot.tree.model import Directory, Leaf
 from cfsboot.tree.scan import ScanOptions, scan_directory
@@ -317,6 +319,8 @@ def final_tree_digest(inputs: SealInputs, threads: int | None = None,
     boot transform empties (its mtime is put back too)."""
     options = DigestOptions()
     check_container_root(inputs.rootfs, boot=True)
+    if cache_dir:
+        check_cache_outside(inputs.rootfs, cache_dir)
     cache = (HashCache.open(cache_dir, options.alg, DIGEST_SIZE[options.alg])
              if cache_dir else None)
     gc_was_enabled = gc.isenabled()
@@ -533,10 +537,19 @@ def _install(inputs: SealInputs, digest: str, insecure: bool, cmdline: str,
 
 # --- external signing ------------------------------------------------------------------------
 
+def check_outside(rootfs: str, path: str, what: str, why: str) -> None:
+    """Refuse a file the seal writes or reads that lies inside the tree (by
+    device and inode: bind mounts count): ``why`` says what would go wrong."""
+    if is_within(rootfs, path):
+        raise SealError(f"{what} {path} is inside {rootfs}: {why}; use a path outside the tree")
+
+
 def seal_external(rootfs: str, outdir: str, options: SealOptions | None = None) -> SealManifest:
     """Emit the unsigned UKI and systemd-boot plus a manifest; ``rootfs`` is only read
     (it may be a read-only mount)."""
     options = options or SealOptions()
+    check_outside(rootfs, outdir, "OUTDIR",
+                  "the unsigned files would become part of the tree they seal")
     inputs = check_prerequisites(rootfs, options.efi_arch)
     data = _read_inputs(inputs)
     kargsd = kargs_in_root(rootfs, options.kargs_arch or rust_arch(options.efi_arch))

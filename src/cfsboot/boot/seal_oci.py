@@ -47,6 +47,7 @@ from cfsboot.boot.seal import (
 from cfsboot.boot.seal_install import KERNEL_FILES, fsync_dir
 from cfsboot.fsverity import fsverity_digest
 from cfsboot.oci.image import OciImageError, create_filesystem, open_image, resolve_ref
+from cfsboot.paths import is_within
 from cfsboot.repository import Repository
 from cfsboot.tree.model import Directory, External, Inline, Leaf
 
@@ -269,7 +270,7 @@ def seal_oci_image(repo: Repository, name: str, output: str,
     empty directory), all at once.  With ``image_ref_name``, also commit the
     sealed tree's image (the one ``composefs=`` pins) as images/refs/NAME."""
     options = options or SealOptions()
-    check_output(output)
+    check_output(output, repo)
     check_can_store(repo, image_ref_name)
     p = prepare(repo, name, options)
     built = _build(p.inputs, options, p.data, p.kargsd, p.stub, p.digest)
@@ -322,7 +323,20 @@ def _check_built(files: dict[str, bytes], uki_rel: str, digest: str,
 
 # --- the output directory ----------------------------------------------------------------------
 
-def check_output(output: str) -> None:
+def check_outside_repository(output: str, repo: Repository | None = None) -> None:
+    """Refuse to write into a composefs repository (``repo``, or any found
+    above ``output``): its own layout is all a repository may hold, and fsck
+    and gc fail on anything else."""
+    inside = repo.path if repo is not None and is_within(repo.path, output) else (
+        _enclosing_repository(output))
+    if inside is not None:
+        raise SealError(f"{output} is inside the repository {inside}; give a directory "
+                        "outside it")
+
+
+def check_output(output: str, repo: Repository | None = None) -> None:
+    """A new or empty directory, outside any composefs repository."""
+    check_outside_repository(output, repo)
     if os.path.islink(output):
         raise SealError(f"{output} is a symlink; give a new directory")
     if os.path.isdir(output):
@@ -330,6 +344,22 @@ def check_output(output: str) -> None:
             raise SealError(f"{output} exists and is not empty; give a new or empty directory")
     elif os.path.lexists(output):
         raise SealError(f"{output} exists and is not a directory")
+
+
+def _enclosing_repository(path: str) -> str | None:
+    """The composefs repository ``path`` is or would be created in, if any: a
+    directory with ``objects/`` beside ``meta.json`` (or, old format, beside
+    both ``streams/`` and ``images/``)."""
+    current = os.path.realpath(path)
+    while True:
+        def has(name: str, at: str = current) -> bool:
+            return os.path.exists(os.path.join(at, name))
+        if has("objects") and (has("meta.json") or (has("streams") and has("images"))):
+            return current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
 
 
 def write_tree_atomically(output: str, files: dict[str, bytes]) -> None:

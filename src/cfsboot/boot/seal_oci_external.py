@@ -30,6 +30,7 @@ from cfsboot.boot.seal_oci import (
     OciSealResult,
     check_can_store,
     check_output,
+    check_outside_repository,
     esp_files,
     open_tree,
     prepare,
@@ -46,6 +47,7 @@ def seal_oci_external(repo: Repository, name: str, outdir: str,
     plus a manifest naming the image, written to ``outdir``; ``seal inject
     --output`` later writes the signed files in the ESP layout."""
     options = replace(options or SealOptions(), signer=None)
+    check_outside_repository(outdir, repo)
     check_can_store(repo, image_ref_name)
     p = prepare(repo, name, options)
     built = _build(p.inputs, options, p.data, p.kargsd, p.stub, p.digest)
@@ -64,7 +66,7 @@ def inject_oci(manifest: SealManifest, signed: dict[str, bytes], output: str,
     manifest.require_kind(oci=True)
     source = manifest.source
     assert source is not None
-    check_output(output)
+    check_output(output, repo)
     check_manifest_targets(manifest)
     by_role = match_signed(manifest, signed, trusted)
     check_signed_uki(manifest, by_role["uki"])

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -317,6 +318,9 @@ def run_build(args: argparse.Namespace) -> int:
         kargs_arch=args.kargs_arch, stub_path=args.stub, layout=args.ukify_layout,
         sign_kernel=args.sign_kernel, threads=args.threads, cache_dir=args.cache,
         force=args.force)
+    if args.key and os.path.exists(args.key):
+        seal.check_outside(args.rootfs, args.key, "signing key",
+                           "it would ship in the sealed image")
     if args.external_signing:
         m = seal.seal_external(args.rootfs, args.external_signing, options)
         _emit(args, {"manifest": json.loads(m.to_json())}, [
@@ -367,6 +371,9 @@ def run_inject(args: argparse.Namespace) -> int:
     if len(args.paths) < 2:
         raise CfsError("seal inject needs the signed files and then ROOTFS")
     *signed_paths, rootfs = args.paths
+    for path, what in [*((p, "signed file") for p in signed_paths), (args.manifest, "manifest")]:
+        seal.check_outside(rootfs, path, what, "the tree would no longer be the one the "
+                           "manifest seals")
     signed = {p: Path(p).read_bytes() for p in signed_paths}
     result = seal.inject(rootfs, manifest, signed, _certs(args.cert) or None, args.threads,
                          force=args.force)
