@@ -165,3 +165,30 @@ def test_paths_longer_than_path_max_fail_in_c_but_not_here(tmp_path: Path) -> No
         assert cfsboot_main(["mkcomposefs", str(work / "src"), str(work / "our.cfs")]) == 0
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+def test_digest_store_inside_source_is_filled_after_the_scan_as_c_does() -> None:
+    """C reads SOURCE before it creates and fills the store, so the first image
+    shows no store at all; ours must be the same image, and the same store."""
+    need_oracle()
+    work = Path(tempfile.mkdtemp(dir=ORACLE / "tmp"))
+    try:
+        src = work / "src"
+        (src / "usr/lib").mkdir(parents=True)
+        for i in range(5):
+            (src / f"usr/lib/f{i}").write_bytes(bytes([i]) * (100 + 5000 * i))
+        (src / "small").write_bytes(b"inline")
+        os.utime(src / "usr/lib", ns=(10**18, 10**18))
+        os.utime(src, ns=(10**18, 10**18))
+        subprocess.run(["cp", "-a", str(src), str(work / "ours")], check=True)
+        inside = "/" + str(work.relative_to(ORACLE))
+        c_mkcomposefs([f"--digest-store={inside}/src/store", f"{inside}/src",
+                       f"{inside}/c.cfs"])
+        rc = cfsboot_main(["mkcomposefs", f"--digest-store={work}/ours/store",
+                           str(work / "ours"), str(work / "our.cfs")])
+        assert rc == 0
+        assert (work / "our.cfs").read_bytes() == (work / "c.cfs").read_bytes()
+        assert _store_listing(work / "ours/store") == _store_listing(src / "store")
+        assert len(_store_listing(src / "store")) == 5
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -49,6 +49,7 @@ from cfsboot.fsverity import fsverity_digest
 from cfsboot.oci.image import OciImageError, create_filesystem, open_image, resolve_ref
 from cfsboot.paths import is_within
 from cfsboot.repository import Repository
+from cfsboot.repository.locate import enclosing_repository
 from cfsboot.tree.model import Directory, External, Inline, Leaf
 
 ReadFile = Callable[[Leaf], bytes]
@@ -327,8 +328,9 @@ def check_outside_repository(output: str, repo: Repository | None = None) -> Non
     """Refuse to write into a composefs repository (``repo``, or any found
     above ``output``): its own layout is all a repository may hold, and fsck
     and gc fail on anything else."""
+    found = enclosing_repository(output)
     inside = repo.path if repo is not None and is_within(repo.path, output) else (
-        _enclosing_repository(output))
+        found[0] if found is not None else None)
     if inside is not None:
         raise SealError(f"{output} is inside the repository {inside}; give a directory "
                         "outside it")
@@ -344,22 +346,6 @@ def check_output(output: str, repo: Repository | None = None) -> None:
             raise SealError(f"{output} exists and is not empty; give a new or empty directory")
     elif os.path.lexists(output):
         raise SealError(f"{output} exists and is not a directory")
-
-
-def _enclosing_repository(path: str) -> str | None:
-    """The composefs repository ``path`` is or would be created in, if any: a
-    directory with ``objects/`` beside ``meta.json`` (or, old format, beside
-    both ``streams/`` and ``images/``)."""
-    current = os.path.realpath(path)
-    while True:
-        def has(name: str, at: str = current) -> bool:
-            return os.path.exists(os.path.join(at, name))
-        if has("objects") and (has("meta.json") or (has("streams") and has("images"))):
-            return current
-        parent = os.path.dirname(current)
-        if parent == current:
-            return None
-        current = parent
 
 
 def write_tree_atomically(output: str, files: dict[str, bytes]) -> None:

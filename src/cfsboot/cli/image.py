@@ -16,8 +16,9 @@ import argparse
 import os
 import sys
 
-from cfsboot.cli.repo import add_repo_options, open_repo_from_args
+from cfsboot.cli.repo import add_repo_options, open_repo_from_args, repo_path
 from cfsboot.errors import CfsError
+from cfsboot.paths import is_within
 from cfsboot.repository.commit import commit_tree, missing_objects
 from cfsboot.repository.mount import MountOptions, mount_image
 from cfsboot.tree.dumpfile import parse_dumpfile
@@ -51,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _create_image(args: argparse.Namespace) -> int:
+    # Before the repository is opened (an old-format one would get a meta.json).
+    path = repo_path(args)
+    if os.path.isdir(args.source) and is_within(args.source, path):
+        raise CfsError(f"repository {path} is inside {args.source}: its objects would become "
+                       "part of the image; use a repository outside the tree")
     with open_repo_from_args(args) as repo:
         repo.ensure_writable()
         if os.path.isdir(args.source):

@@ -11,12 +11,18 @@ files to ``ESP/loader/keys/NAME/``), ``efi-updatevar -f``, or for OVMF
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
+import secrets
 import uuid
 
-from cfsboot.atomic import atomic_write_bytes
-from cfsboot.boot.keys import KEY_SIZES, check_key_set_options, generate_key_set
+from cfsboot.boot.keys import (
+    KEY_SET_FILES,
+    KEY_SIZES,
+    check_key_set_options,
+    generate_key_set,
+)
 from cfsboot.errors import CfsError
 
 
@@ -36,7 +42,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.add_argument("--owner-guid", metavar="GUID", help="EFI signature owner (default: random)")
     g.add_argument("--timestamp", metavar="ISO8601",
                    help="EFI_TIME of the .auth files (default: now, UTC)")
-    g.add_argument("--force", action="store_true", help="overwrite existing files")
+    g.add_argument("--force", action="store_true",
+                   help="overwrite existing files (symbolic links are always refused)")
     g.set_defaults(func=run_generate)
 
 
@@ -54,15 +61,58 @@ def run_generate(args: argparse.Namespace) -> int:
         if now.tzinfo is None:
             now = now.replace(tzinfo=dt.UTC)
     check_key_set_options(args.common_name, args.days, now)  # before the slow key generation
+    _check_targets(args.directory, force=args.force)
     guid, files = generate_key_set(args.common_name, key_size=args.key_size, days=args.days,
                                    owner=owner, now=now)
+    assert set(files) == set(KEY_SET_FILES)
     os.makedirs(args.directory, exist_ok=True)
-    existing = sorted(n for n in files if os.path.exists(os.path.join(args.directory, n)))
-    if existing and not args.force:
-        raise CfsError(f"{os.path.join(args.directory, existing[0])} exists (use --force)")
-    for name, data in files.items():
-        mode = 0o600 if name.endswith(".key") else 0o644
-        atomic_write_bytes(os.path.join(args.directory, name), data, mode)
+    dir_fd = os.open(args.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name, data in files.items():
+            _write_in(dir_fd, args.directory, name, data,
+                      0o600 if name.endswith(".key") else 0o644)
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     print(f"wrote PK, KEK and db keys to {args.directory} (owner GUID {guid}); "
           "sign images with db.key and db.crt")
     return 0
+
+
+def _check_targets(directory: str, *, force: bool) -> None:
+    """Refuse, before any key is made, existing files (without ``--force``) and
+    symbolic links (always: writing through one would put a private key
+    wherever it points, outside DIR)."""
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise CfsError(f"{directory} is not a directory")
+    for name in KEY_SET_FILES:
+        path = os.path.join(directory, name)
+        if os.path.islink(path):
+            raise CfsError(f"{path} is a symbolic link; keys are only written into "
+                           f"{directory} itself (remove the link)")
+        if os.path.lexists(path) and not force:
+            raise CfsError(f"{path} exists (use --force)")
+
+
+def _write_in(dir_fd: int, directory: str, name: str, data: bytes, mode: int) -> None:
+    """Write ``directory/name`` atomically without following any symlink: a new
+    temporary file (O_EXCL|O_NOFOLLOW, private until complete) renamed over the
+    name, which replaces a link created meanwhile rather than writing through it."""
+    tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+    except OSError as e:
+        raise CfsError(f"cannot create {os.path.join(directory, tmp)}: "
+                       f"{e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise

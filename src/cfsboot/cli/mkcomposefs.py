@@ -26,7 +26,8 @@ from cfsboot.erofs.writer import c_effective_version, mkfs_erofs
 from cfsboot.errors import CfsError
 from cfsboot.fsverity import fsverity_digest
 from cfsboot.inputs import read_input
-from cfsboot.tree.digest_store import FlatDigestStore
+from cfsboot.paths import is_within
+from cfsboot.tree.digest_store import FlatDigestStore, copy_objects
 from cfsboot.tree.dumpfile import parse_dumpfile
 from cfsboot.tree.model import BlockDevice, CharDevice, Directory, Inline, Leaf, walk
 from cfsboot.tree.scan import ScanOptions, scan_directory
@@ -111,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
         raise CfsError("stdout is a tty; refusing to write an image to it")
     if not args.source:
         raise CfsError("empty source path")
+
+    if args.digest_store:
+        check_digest_store(args.digest_store, mode.hash_alg, hash_given=args.hash is not None)
 
     in_source = None
     if (mode.c_compat and not args.from_file and args.image not in (None, "-")
@@ -199,6 +203,31 @@ class OutputInSource:
                 os.unlink(self.path)
 
 
+def check_digest_store(store: str, hash_alg: str, *, hash_given: bool) -> None:
+    """Refuse a ``--digest-store`` that would break a composefs repository: its
+    root or another directory in it (stray entries that fsck and gc reject or
+    never see), or its ``objects/`` when the repository's algorithm differs from
+    the image's (names of the wrong length).  ``objects/`` with the right hash
+    is fine: gc later removes what no image refers to."""
+    from cfsboot.repository.locate import enclosing_repository
+    path = os.path.realpath(store)
+    found = enclosing_repository(path)
+    if found is None:
+        return
+    repository, algorithm = found
+    if path == repository:
+        raise CfsError(f"--digest-store {store} is a composefs repository, not an object "
+                       "store; use its objects/ directory or cfsboot create-image")
+    if path != os.path.join(repository, "objects"):
+        raise CfsError(f"--digest-store {store} is inside the composefs repository "
+                       f"{repository}; use its objects/ directory or cfsboot create-image")
+    if algorithm is not None and algorithm != hash_alg:
+        verb = "use" if hash_given else "add"
+        raise CfsError(f"--digest-store {store} is the object store of a "
+                       f"{algorithm.upper().replace('SHA', 'SHA-')} repository: "
+                       f"{verb} --hash {algorithm}")
+
+
 def load_source(args: argparse.Namespace, mode: Mode) -> Directory:
     if args.from_file:
         if args.digest_store:
@@ -207,11 +236,21 @@ def load_source(args: argparse.Namespace, mode: Mode) -> Directory:
         return parse_dumpfile(data, flavor="c" if mode.c_compat else "rs")
     if not os.path.isdir(args.source):
         raise CfsError(f"{args.source}: not a directory (use --from-file for a dumpfile)")
-    sink = FlatDigestStore(args.digest_store) if args.digest_store else None
+    store = args.digest_store
+    # A store inside SOURCE is created and filled after the scan, as C does, so
+    # that the image shows it as it was before (or not at all); elsewhere the
+    # scan copies each file as it hashes it (one read).
+    after_scan = bool(store) and is_within(args.source, store)
+    if after_scan and os.path.lexists(store) and not os.path.isdir(store):
+        raise CfsError(f"digest store {store} is not a directory")
+    sink = FlatDigestStore(store) if store and not after_scan else None
     options = ScanOptions(alg=mode.hash_alg, inline_max=64,
                           track_hardlinks=not mode.c_compat, threads=args.threads,
                           sink=sink, progress=sys.stderr.isatty())
-    return scan_directory(args.source, options).root
+    scan = scan_directory(args.source, options)
+    if after_scan:
+        copy_objects(FlatDigestStore(store), scan.sources, mode.hash_alg)
+    return scan.root
 
 
 def apply_build_flags(root: Directory, *, use_epoch: bool, skip_devices: bool,

@@ -141,6 +141,7 @@ def _init(args: argparse.Namespace) -> int:
     path = args.path or repo_path(args)
     alg = Algorithm.parse(args.algorithm)
     formats = FormatConfig(args.erofs_version)
+    _check_repository_or_empty(path)  # before --reset-metadata deletes anything
     if args.reset_metadata:
         for d in ("streams", "images"):
             shutil.rmtree(os.path.join(path, d), ignore_errors=True)
@@ -164,6 +165,27 @@ def _init(args: argparse.Namespace) -> int:
     print(f"  algorithm: {alg.meta_name}")
     print("  verity:    " + ("not required (insecure)" if args.insecure else "required"))
     return 0
+
+
+# What a repository's top level may hold (repository.md §2): the three areas,
+# meta.json, transient ``.symlink-*`` files; old-format repositories (before
+# meta.json) had the same areas.  lost+found: a repository on its own filesystem.
+_REPOSITORY_ENTRIES = frozenset({"objects", "images", "streams", "meta.json", "lost+found"})
+
+
+def _check_repository_or_empty(path: str) -> None:
+    """Refuse to turn a directory with other contents (a root filesystem, a home
+    directory) into a repository: init would quietly add meta.json and objects/
+    to it.  (cfsctl init accepts any directory.)"""
+    try:
+        names = os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # created by init, or refused there
+    if "meta.json" in names:
+        return
+    if any(n not in _REPOSITORY_ENTRIES and not n.startswith(".symlink-") for n in names):
+        raise CfsError(f"{path} is not empty and not a composefs repository "
+                       "(no meta.json); give an empty or new directory")
 
 
 def _gc(args: argparse.Namespace) -> int:

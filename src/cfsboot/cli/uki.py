@@ -116,14 +116,12 @@ def _read_optional(path: str | None) -> bytes | None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    sections = [_section_spec(spec) for spec in args.section]
+    _check_not_an_input(args.output, _build_inputs(args) + _signing_inputs(args), "UKI")
     signer = signer_from_args(args)  # bad signing options fail before any input is read
     _check_output(args.output)
-    extra = []
-    for spec in args.section:
-        name, sep, content = spec.partition(":")
-        if not sep or not name:
-            raise CfsError(f"bad --section {spec!r} (want NAME:TEXT or NAME:@FILE)")
-        extra.append((name, _text_or_file(content, f"--section {name}") or b""))
+    extra = [(name, _text_or_file(content, f"--section {name}") or b"")
+             for name, content in sections]
     stub_path = args.stub or uki.default_stub_path(args.efi_arch, addon=args.linux is None)
     stub = Path(stub_path).read_bytes()
     cmdline = None
@@ -231,6 +229,71 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _section_spec(spec: str) -> tuple[str, str]:
+    """``NAME:TEXT|@FILE`` split into name and content."""
+    name, sep, content = spec.partition(":")
+    if not sep or not name:
+        raise CfsError(f"bad --section {spec!r} (want NAME:TEXT or NAME:@FILE)")
+    return name, content
+
+
+def _at_file(value: str | None) -> list[str]:
+    """The file of a ``TEXT|@FILE`` value, if it names one."""
+    return [value[1:]] if value is not None and value.startswith("@") else []
+
+
+def _build_inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(option, file) for every file ``uki build`` reads, defaults included."""
+    files: list[tuple[str, str]] = []
+    for option, value in (("--linux", args.linux), ("--devicetree", args.devicetree),
+                          ("--splash", args.splash), ("--pcrpkey", args.pcrpkey),
+                          ("--microcode", args.microcode)):
+        if value is not None:
+            files.append((option, value))
+    files += [("--initrd", f) for f in args.initrd]
+    files += [("--cmdline", f) for f in _at_file(args.cmdline)]
+    files += [("--sbat", f) for s in args.sbat for f in _at_file(s)]
+    files += [("--section", f) for s in args.section for f in _at_file(s.partition(":")[2])]
+    files.append(("--stub", args.stub or uki.default_stub_path(args.efi_arch,
+                                                               addon=args.linux is None)))
+    if args.os_release is not None:
+        files += [("--os-release", f) for f in _at_file(args.os_release)]
+    elif args.linux is not None:
+        files += [("--os-release", f) for f in ("/etc/os-release", "/usr/lib/os-release")]
+    return files
+
+
+def _signing_inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(option, file) for the key material and libraries signing reads."""
+    files = [("--extra-cert", f) for f in args.extra_cert]
+    if args.sign_cert:
+        files.append(("--cert", args.sign_cert))
+    if args.key and not args.engine:  # with --engine, --key is the engine's key id
+        files.append(("--key", args.key))
+    if args.pkcs11_module:
+        files.append(("--pkcs11-module", args.pkcs11_module))
+    return files
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: by device and inode when both exist (hard
+    links, symlinks and bind mounts included), else by resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_not_an_input(out: str, inputs: list[tuple[str, str]], what: str,
+                        label: str = "--output") -> None:
+    """Refuse an output that is one of the inputs: the atomic write would replace
+    a file the user still needs (a kernel, a stub, a private key)."""
+    for option, path in inputs:
+        if _same_file(out, path):
+            raise CfsError(f"{label} {out} is also the {option} input; write the {what} "
+                           "elsewhere")
+
+
 def _check_output(out: str) -> None:
     """Fail before any work (or HSM signing) when ``out`` cannot be written, naming it
     rather than the temporary file the atomic write would fail on."""
@@ -253,6 +316,9 @@ def _output_and_mode(args: argparse.Namespace) -> tuple[str, int]:
     replaced (the link stays a link) and the file keeps its mode; a new ``--output``
     file gets 0755 like sbsign's, an existing one keeps its mode."""
     out = args.output or os.path.realpath(args.image)
+    # The image itself may be the output (signing in place); its key material may not.
+    _check_not_an_input(args.output or args.image, _signing_inputs(args), "signed image",
+                        "--output" if args.output else "FILE")
     _check_output(out)
     try:
         mode = os.stat(out).st_mode & 0o7777

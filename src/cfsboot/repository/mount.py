@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 
 from cfsboot.errors import CfsError
+from cfsboot.paths import is_within
 from cfsboot.repository import errpaths, loop, sysapi, verity
 from cfsboot.repository.repo import Repository
 
@@ -43,6 +44,9 @@ def mount_image(repo: Repository, name: str, mountpoint: str,
     """Mount image ``name`` (hex digest, bare ref name or ``refs/…``) at ``mountpoint``."""
     if not os.path.isdir(mountpoint):
         raise CfsError(f"mount point {mountpoint} is not a directory")
+    if is_within(repo.path, mountpoint):
+        raise CfsError(f"mount point {mountpoint} is inside the repository {repo.path}: the "
+                       "mount would hide it; mount the image elsewhere")
     mnt = mount_detached(repo, name, options)
     try:
         sysapi.move_mount_to(mnt, os.path.realpath(mountpoint))
@@ -58,12 +62,33 @@ def mount_detached(repo: Repository, name: str, options: MountOptions | None = N
         raise CfsError("--upperdir and --workdir must be given together")
     if options.read_write and options.upperdir is None:
         raise CfsError("--read-write needs --upperdir and --workdir")
+    if options.upperdir is not None and options.workdir is not None:
+        _check_upper_work(repo, options.upperdir, options.workdir)
     image_fd, _, digest = repo.open_image(name)
     try:
         want_verity = _verify_image(repo, name, image_fd, digest)
         return _overlay(repo, name, image_fd, want_verity, options)
     finally:
         os.close(image_fd)
+
+
+def _check_upper_work(repo: Repository, upperdir: str, workdir: str) -> None:
+    """Refuse what overlayfs would write into the repository (objects and fsck
+    would break), and nested upper/work directories, which the kernel only
+    refuses as "Invalid argument"."""
+    for option, path in (("--upperdir", upperdir), ("--workdir", workdir)):
+        if is_within(repo.path, path):
+            raise CfsError(f"{option} {path} is inside the repository {repo.path}: overlayfs "
+                           "would write into it; use a directory outside")
+    if is_within(upperdir, workdir) and is_within(workdir, upperdir):
+        raise CfsError(f"--upperdir and --workdir are the same directory {upperdir}; "
+                       "overlayfs needs two separate directories")
+    if is_within(upperdir, workdir):
+        raise CfsError(f"--workdir {workdir} is inside --upperdir {upperdir}; overlayfs "
+                       "needs them apart (e.g. side by side)")
+    if is_within(workdir, upperdir):
+        raise CfsError(f"--upperdir {upperdir} is inside --workdir {workdir}; overlayfs "
+                       "needs them apart (e.g. side by side)")
 
 
 def _image_path(repo: Repository, name: str) -> str:

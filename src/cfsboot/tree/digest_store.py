@@ -181,6 +181,35 @@ class _PendingFile:
             self._tmpname = None
 
 
+def copy_objects(store: FlatDigestStore, sources: dict[bytes, str], alg: str) -> None:
+    """Copy each scanned file (digest -> path) that ``store`` lacks into it,
+    checking that the copy still has its digest; then flush the store.  For a
+    store inside the scanned tree, filled after the scan as C mkcomposefs
+    does, so that the image shows the store as it was before."""
+    from cfsboot.fsverity.digest import FsVerityHasher
+    for digest, path in sources.items():
+        if store.contains(digest):
+            continue
+        try:
+            source = open(path, "rb")  # noqa: SIM115  (closed below)
+        except OSError as e:
+            raise DigestStoreError(f"cannot read {path}: {e.strerror}") from e
+        pending = store.begin(0)
+        try:
+            hasher = FsVerityHasher(alg)
+            with source:
+                while chunk := source.read(1 << 20):
+                    hasher.update(chunk)
+                    pending.write(chunk)
+            if hasher.digest() != digest:
+                raise DigestStoreError(f"{path} changed while it was being stored")
+            pending.commit(digest)
+        except BaseException:
+            pending.abort()
+            raise
+    store.flush()
+
+
 def _syncfs(fd: int) -> None:
     """syncfs(2) on the filesystem holding ``fd`` (os.sync() if unavailable)."""
     try:
