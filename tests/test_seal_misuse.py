@@ -95,3 +95,20 @@ def test_a_directory_that_only_looks_like_a_repository_is_fine(
     (project / "images").mkdir()
     assert main_ok(["seal", "oci", "--repo", repo.path, "--insecure", "--oci-image", "img",
                     "--output", str(project / "esp"), "--unsigned"])
+
+
+def test_a_tree_being_sealed_is_not_sealed_twice(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import fcntl
+    import os
+    root = make_sample(tmp_path / "root")
+    before = snapshot(root)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as another `seal` of this tree holds it
+        err = one_line_error(["seal", str(root), "--unsigned"], capsys)
+        assert err == f"cfsboot: {root} is being sealed by another process\n"
+    finally:
+        os.close(fd)
+    assert snapshot(root) == before
+    assert main_ok(["seal", str(root), "--unsigned"])  # the lock went with its holder

@@ -43,6 +43,7 @@ from cfsboot.boot.manifest import MANIFEST_NAME, ManifestFile, ManifestSource, S
 from cfsboot.boot.seal_install import (
     KERNEL_FILES,
     STAGE_PREFIX,
+    rootfs_locked,
     sealing_install,
     signals_interrupt,
 )
@@ -494,6 +495,11 @@ def seal(rootfs: str, options: SealOptions | None = None) -> SealResult:
     """Seal ``rootfs`` in place; on any error or SIGINT/SIGTERM/SIGHUP the tree is
     left as it was.  Nothing is written before the final install step."""
     options = options or SealOptions()
+    with rootfs_locked(rootfs):
+        return _seal(rootfs, options)
+
+
+def _seal(rootfs: str, options: SealOptions) -> SealResult:
     inputs = check_prerequisites(rootfs, options.efi_arch)
     check_existing_loaders(inputs, options.force)
     data = _read_inputs(inputs)
@@ -644,6 +650,13 @@ def inject(rootfs: str, manifest: SealManifest, signed: dict[str, bytes],
            cache_dir: str | None = None, force: bool = False) -> SealResult:
     """Complete an externally signed seal: check the manifest, the signed files
     against it and the tree against its digest, then install as ``seal`` does."""
+    with rootfs_locked(rootfs):
+        return _inject(rootfs, manifest, signed, trusted, threads, cache_dir, force)
+
+
+def _inject(rootfs: str, manifest: SealManifest, signed: dict[str, bytes],
+            trusted: Sequence[x509.Certificate] | None, threads: int | None,
+            cache_dir: str | None, force: bool) -> SealResult:
     manifest.require_kind(oci=False)
     check_manifest_targets(manifest)
     by_role = match_signed(manifest, signed, trusted)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import shutil
@@ -77,6 +78,26 @@ def signals_interrupt() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def rootfs_locked(rootfs: str) -> Iterator[None]:
+    """Hold an exclusive flock(2) on ROOTFS while it is sealed: a second
+    ``seal`` or ``seal inject`` of the same tree is refused at once instead of
+    failing half-way with another process's temporary files."""
+    try:
+        fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield  # the prerequisite checks say what is wrong with ROOTFS
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InstallError(f"{rootfs} is being sealed by another process") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
