@@ -45,6 +45,14 @@ def sbsign_all(out: Path, keydir: Path, dest: Path) -> list[str]:  # noqa: F811
     return [str(dest / n) for n in UNSIGNED]
 
 
+def sign_natively(out: Path, keydir: Path, dest: Path) -> list[str]:  # noqa: F811
+    """Each unsigned file signed with our own Authenticode code, into ``dest``."""
+    signer = signer_of(keydir)
+    for name in UNSIGNED:
+        (dest / name).write_bytes(authenticode.sign((out / name).read_bytes(), signer))
+    return [str(dest / n) for n in UNSIGNED]
+
+
 def inject(signed: list[str], out: Path, esp: Path, *extra: str) -> int:
     return main(["seal", "inject", *signed, "--manifest", str(out / "manifest.json"),
                  "--output", str(esp), *extra])
@@ -137,11 +145,7 @@ def test_repo_check_refuses_another_image(stored: Stored, keydir: Path,  # noqa:
     doc = json.loads((out / "manifest.json").read_text())
     doc["source"]["manifest_digest"] = resolve_ref(repo, "other")[0]
     (out / "manifest.json").write_text(json.dumps(doc))
-    signer = signer_of(keydir)
-    paths = []
-    for name in UNSIGNED:
-        (tmp_path / name).write_bytes(authenticode.sign((out / name).read_bytes(), signer))
-        paths.append(str(tmp_path / name))
+    paths = sign_natively(out, keydir, tmp_path)
     err = one_line_error(["seal", "inject", *paths, "--manifest", str(out / "manifest.json"),
                           "--output", str(esp), "--repo", repo.path, "--insecure"], capsys)
     assert "seals" in err and f"not the manifest's {doc['digest']}" in err
@@ -173,11 +177,7 @@ def test_errors_are_one_line_and_write_nothing(stored: Stored, keydir: Path,  # 
     repo, root = stored
     out, esp = tmp_path / "out", tmp_path / "esp"
     external(repo, out)
-    signer = signer_of(keydir)
-    paths = []
-    for name in UNSIGNED:
-        (tmp_path / name).write_bytes(authenticode.sign((out / name).read_bytes(), signer))
-        paths.append(str(tmp_path / name))
+    paths = sign_natively(out, keydir, tmp_path)
     manifest = str(out / "manifest.json")
     base = ["seal", "inject", "--manifest", manifest]
 
