@@ -422,3 +422,18 @@ def test_mkcomposefs_digest_store_beside_another_meta_json(
     rc, err = run(capsys, "mkcomposefs", "--digest-store", str(tmp_path / "objects"), str(src),
                   str(tmp_path / "out.cfs"))
     assert rc == 0, err
+
+
+def test_mkcomposefs_image_is_not_its_own_dumpfile(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    dump = tmp_path / "d"
+    dump.write_bytes(b"/ 0 40755 2 0 0 0 0.0 - - -\n")
+    (tmp_path / "link").symlink_to(dump)
+    for image in (dump, tmp_path / "link"):
+        capsys.readouterr()
+        assert main(["mkcomposefs", "--from-file", str(dump), str(image)]) == 1
+        err = capsys.readouterr().err
+        assert err == (f"cfsboot: IMAGE {image} is the dumpfile being read; write the image "
+                       "elsewhere\n")
+    assert dump.read_bytes() == b"/ 0 40755 2 0 0 0 0.0 - - -\n"
+    assert main(["mkcomposefs", "--from-file", str(dump), str(tmp_path / "i.cfs")]) == 0

@@ -44,3 +44,12 @@ def is_within(directory: str, path: str) -> bool:
         if parent == current:
             return False
         current = parent
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: by device and inode when both exist (hard
+    links, symlinks and bind mounts included), else by resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)

@@ -26,7 +26,7 @@ from cfsboot.erofs.writer import c_effective_version, mkfs_erofs
 from cfsboot.errors import CfsError
 from cfsboot.fsverity import fsverity_digest
 from cfsboot.inputs import read_input
-from cfsboot.paths import is_within
+from cfsboot.paths import is_within, same_file
 from cfsboot.tree.digest_store import FlatDigestStore, copy_objects
 from cfsboot.tree.dumpfile import parse_dumpfile
 from cfsboot.tree.model import BlockDevice, CharDevice, Directory, Inline, Leaf, walk
@@ -112,6 +112,11 @@ def run(args: argparse.Namespace) -> int:
         raise CfsError("stdout is a tty; refusing to write an image to it")
     if not args.source:
         raise CfsError("empty source path")
+    if (args.from_file and args.image not in (None, "-") and args.source != "-"
+            and same_file(args.source, args.image)):
+        # C truncates its input and then fails on it; refuse before that.
+        raise CfsError(f"IMAGE {args.image} is the dumpfile being read; write the image "
+                       "elsewhere")
 
     if args.digest_store:
         check_digest_store(args.digest_store, mode.hash_alg, hash_given=args.hash is not None)

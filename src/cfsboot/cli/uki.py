@@ -28,6 +28,7 @@ from cfsboot.cli.signing_options import (
     signer_from_args,
 )
 from cfsboot.errors import CfsError
+from cfsboot.paths import same_file
 
 # Inputs that are "TEXT or @FILE" on the command line, as in ukify.
 
@@ -275,21 +276,12 @@ def _signing_inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
     return files
 
 
-def _same_file(a: str, b: str) -> bool:
-    """Whether two paths name one file: by device and inode when both exist (hard
-    links, symlinks and bind mounts included), else by resolved path."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
 def _check_not_an_input(out: str, inputs: list[tuple[str, str]], what: str,
                         label: str = "--output") -> None:
     """Refuse an output that is one of the inputs: the atomic write would replace
     a file the user still needs (a kernel, a stub, a private key)."""
     for option, path in inputs:
-        if _same_file(out, path):
+        if same_file(out, path):
             raise CfsError(f"{label} {out} is also the {option} input; write the {what} "
                            "elsewhere")
 
