@@ -169,13 +169,14 @@ def test_keys_generate_refuses_symlinks(capsys: pytest.CaptureFixture[str],
 def test_key_file_write_replaces_a_link_made_meanwhile(tmp_path: Path) -> None:
     """If a link appears after the check, the write replaces it rather than
     writing through it."""
-    from cfsboot.cli.keys import _write_in
+    from cfsboot.cli.keys import _write_temporary
     (tmp_path / "target").write_bytes(b"untouched")
     (tmp_path / "dir").mkdir()
-    (tmp_path / "dir" / "db.key").symlink_to(tmp_path / "target")
     fd = os.open(tmp_path / "dir", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        _write_in(fd, str(tmp_path / "dir"), "db.key", b"secret", 0o600)
+        tmp = _write_temporary(fd, str(tmp_path / "dir"), "db.key", b"secret", 0o600)
+        (tmp_path / "dir" / "db.key").symlink_to(tmp_path / "target")  # meanwhile
+        os.rename(tmp, "db.key", src_dir_fd=fd, dst_dir_fd=fd)  # as run_generate does
     finally:
         os.close(fd)
     assert (tmp_path / "target").read_bytes() == b"untouched"
@@ -437,3 +438,21 @@ def test_mkcomposefs_image_is_not_its_own_dumpfile(tmp_path: Path,
                        "elsewhere\n")
     assert dump.read_bytes() == b"/ 0 40755 2 0 0 0 0.0 - - -\n"
     assert main(["mkcomposefs", "--from-file", str(dump), str(tmp_path / "i.cfs")]) == 0
+
+
+def test_key_set_failure_names_the_file_and_keeps_the_old_set(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A name that cannot be replaced by a file is refused before anything is
+    written, so no key of the old set is replaced by half a new one."""
+    keys = tmp_path / "k"
+    rc, err = run(capsys, "keys", "generate", str(keys), "--key-size", "2048")
+    assert rc == 0, err
+    old = {p.name: p.read_bytes() for p in keys.iterdir()}
+    (keys / "db.esl").unlink()
+    (keys / "db.esl").mkdir()  # cannot be replaced by a rename
+    rc, err = run(capsys, "keys", "generate", str(keys), "--key-size", "2048", "--force")
+    assert (rc, err) == (1, f"cfsboot: {keys}/db.esl is not a regular file; remove it first\n")
+    assert sorted(p.name for p in keys.iterdir()) == sorted(old)  # no .tmp left
+    for name, data in old.items():
+        if name != "db.esl":
+            assert (keys / name).read_bytes() == data, name

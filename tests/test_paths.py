@@ -38,3 +38,25 @@ def test_bind_mount_is_the_same_tree(tmp_path: Path) -> None:
         assert is_within(str(alias), str(tree / "var"))
     finally:
         subprocess.run(["umount", str(alias)], check=True)
+
+
+def test_a_mount_hidden_from_a_bind_of_the_tree_is_not_inside_it(tmp_path: Path) -> None:
+    """`mount --bind / /mnt/root` leaves out /var when /var is its own
+    filesystem: a cache on that /var is not in the tree being scanned."""
+    need_root()
+    real, bound = tmp_path / "real", tmp_path / "bound"
+    (real / "var").mkdir(parents=True)
+    bound.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(real / "var")], check=True)
+    try:
+        subprocess.run(["mount", "--bind", str(real), str(bound)], check=True)
+        try:
+            (real / "var/cache").mkdir()
+            assert not is_within(str(bound), str(real / "var/cache"))
+            assert not is_within(str(bound), str(real / "var/cache/new"))
+            assert is_within(str(real), str(real / "var/cache"))  # the recursive view
+            assert is_within(str(bound), str(real / "usr-new"))  # beside var: still inside
+        finally:
+            subprocess.run(["umount", str(bound)], check=True)
+    finally:
+        subprocess.run(["umount", str(real / "var")], check=True)

@@ -99,16 +99,38 @@ def test_a_directory_that_only_looks_like_a_repository_is_fine(
 
 def test_a_tree_being_sealed_is_not_sealed_twice(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    import fcntl
-    import os
+    import subprocess
+    import sys
     root = make_sample(tmp_path / "root")
     before = snapshot(root)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    # Another cfsboot holding the tree's seal lock (a real second process).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from cfsboot.boot.seal_install import rootfs_locked\n"
+         "with rootfs_locked(sys.argv[1]):\n print('held', flush=True); time.sleep(60)",
+         str(root)], stdout=subprocess.PIPE, text=True)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # as another `seal` of this tree holds it
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         err = one_line_error(["seal", str(root), "--unsigned"], capsys)
-        assert err == f"cfsboot: {root} is being sealed by another process\n"
+        assert err == f"cfsboot: {root} is being sealed by another cfsboot process\n"
     finally:
-        os.close(fd)
+        holder.kill()
+        holder.wait()
     assert snapshot(root) == before
-    assert main_ok(["seal", str(root), "--unsigned"])  # the lock went with its holder
+    # A caller serialising its own work with flock(1) on ROOTFS is not refused.
+    done = subprocess.run(["flock", str(root), sys.executable, "-m", "cfsboot", "seal",
+                           str(root), "--unsigned"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_file_system_without_locks_seals_unlocked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    root = make_sample(tmp_path / "root")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert main_ok(["seal", str(root), "--unsigned"])

@@ -7,8 +7,11 @@ digested (or breaks a repository's layout), so such outputs are refused.
 
 Comparing path strings is not enough: a bind mount or a second symlinked
 spelling reaches the same directory.  So the output's nearest existing
-ancestor is resolved and each directory up from it is compared with the tree
-by (device, inode).  Imported on the path of a cached rebuild: os only.
+ancestor is resolved, each directory up from it is compared with the tree by
+(device, inode), and on a match the rest of the path must lead to the same
+directory from the tree too (a filesystem mounted below the tree is not part
+of a non-recursive bind of it).  Imported on the path of a cached rebuild:
+os only.
 """
 
 from __future__ import annotations
@@ -26,20 +29,36 @@ def _existing_ancestor(path: str) -> str:
 
 
 def is_within(directory: str, path: str) -> bool:
-    """True when ``path`` is ``directory`` or lies below it (symlinks, ``..``
-    and bind mounts included).  False when ``directory`` cannot be stat'ed."""
+    """True when ``path`` is ``directory`` or lies below it as a walk of
+    ``directory`` would reach it (symlinks, ``..`` and bind mounts of the tree
+    or its parents included).  A directory mounted over part of the tree but
+    absent from a non-recursive bind of it is not inside that bind; a bind
+    mount of one of the tree's subdirectories elsewhere is not recognised.
+    False when ``directory`` cannot be stat'ed."""
     try:
         top = os.stat(directory)
     except OSError:
         return False
-    current = _existing_ancestor(path)
+    target = _existing_ancestor(path)
+    try:
+        target_st = os.stat(target)
+    except OSError:
+        return False
+    current = target
     while True:
         try:
             st = os.stat(current)
         except OSError:
             return False
         if (st.st_dev, st.st_ino) == (top.st_dev, top.st_ino):
-            return True
+            # The same directory; is the rest of the path the same below it?
+            rest = os.path.relpath(target, current)
+            try:
+                seen = os.stat(os.path.join(directory, rest))
+            except OSError:
+                seen = None
+            if seen is not None and os.path.samestat(seen, target_st):
+                return True
         parent = os.path.dirname(current)
         if parent == current:
             return False

@@ -67,12 +67,26 @@ def run_generate(args: argparse.Namespace) -> int:
     assert set(files) == set(KEY_SET_FILES)
     os.makedirs(args.directory, exist_ok=True)
     dir_fd = os.open(args.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    written: list[tuple[str, str]] = []  # (temporary, final) names in DIR
     try:
+        # Every file is complete before any is renamed into place, so a failure
+        # (a full disk) leaves the old key set whole rather than half replaced.
         for name, data in files.items():
-            _write_in(dir_fd, args.directory, name, data,
-                      0o600 if name.endswith(".key") else 0o644)
+            written.append((_write_temporary(dir_fd, args.directory, name, data,
+                                             0o600 if name.endswith(".key") else 0o644),
+                            name))
+        for tmp, name in written:
+            try:
+                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError as e:
+                raise CfsError(f"cannot write {os.path.join(args.directory, name)}: "
+                               f"{e.strerror or e}") from None
+        written.clear()
         os.fsync(dir_fd)
     finally:
+        for tmp, _ in written:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
         os.close(dir_fd)
     print(f"wrote PK, KEK and db keys to {args.directory} (owner GUID {guid}); "
           "sign images with db.key and db.crt")
@@ -92,18 +106,20 @@ def _check_targets(directory: str, *, force: bool) -> None:
                            f"{directory} itself (remove the link)")
         if os.path.lexists(path) and not force:
             raise CfsError(f"{path} exists (use --force)")
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise CfsError(f"{path} is not a regular file; remove it first")
 
 
-def _write_in(dir_fd: int, directory: str, name: str, data: bytes, mode: int) -> None:
-    """Write ``directory/name`` atomically without following any symlink: a new
-    temporary file (O_EXCL|O_NOFOLLOW, private until complete) renamed over the
-    name, which replaces a link created meanwhile rather than writing through it."""
+def _write_temporary(dir_fd: int, directory: str, name: str, data: bytes, mode: int) -> str:
+    """A complete, fsynced new file in DIR for ``name``, under a temporary name
+    (O_EXCL|O_NOFOLLOW: never through a symlink); returns that name.  Renaming
+    it over ``name`` later replaces a link created meanwhile, not its target."""
     tmp = f".{name}.{secrets.token_hex(6)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=dir_fd)
     except OSError as e:
-        raise CfsError(f"cannot create {os.path.join(directory, tmp)}: "
+        raise CfsError(f"cannot write {os.path.join(directory, name)}: "
                        f"{e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
@@ -111,8 +127,11 @@ def _write_in(dir_fd: int, directory: str, name: str, data: bytes, mode: int) ->
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
+        if isinstance(e, OSError):
+            raise CfsError(f"cannot write {os.path.join(directory, name)}: "
+                           f"{e.strerror or e}") from None
         raise
+    return tmp
