@@ -134,3 +134,14 @@ def test_a_file_system_without_locks_seals_unlocked(
     root = make_sample(tmp_path / "root")
     monkeypatch.setattr(fcntl, "flock", no_locks)
     assert main_ok(["seal", str(root), "--unsigned"])
+
+
+def test_tmpdir_inside_rootfs_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import tempfile
+    root = make_sample(tmp_path / "root")
+    before = snapshot(root)
+    monkeypatch.setattr(tempfile, "tempdir", str(root / "tmp"))
+    err = one_line_error(["seal", str(root), "--unsigned"], capsys)
+    assert f"the temporary directory (TMPDIR) {root / 'tmp'} is inside {root}" in err
+    assert snapshot(root) == before

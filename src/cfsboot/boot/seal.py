@@ -355,11 +355,13 @@ def sealed_image(root: Directory, kernel_dir: str, read_file: Callable[[Leaf], b
 
 
 @contextlib.contextmanager
-def _digest_cache(cache_dir: str | None) -> Iterator[str]:
+def _digest_cache(cache_dir: str | None, rootfs: str) -> Iterator[str]:
     """A per-file digest cache so that re-verifying the final tree does not re-hash it."""
     if cache_dir is not None:
         yield cache_dir
         return
+    check_outside(rootfs, tempfile.gettempdir(), "the temporary directory (TMPDIR)",
+                  "seal keeps a temporary digest cache there")
     with tempfile.TemporaryDirectory(prefix="cfsboot-seal-cache-") as d:
         yield d
 
@@ -506,7 +508,7 @@ def _seal(rootfs: str, options: SealOptions) -> SealResult:
     kargsd = kargs_in_root(rootfs, options.kargs_arch or rust_arch(options.efi_arch))
     stub, stub_path, stub_origin = _stub(inputs, options)
     trusted = [options.signer.certificate] if options.signer else None
-    with signals_interrupt(), _digest_cache(options.cache_dir) as cache:
+    with signals_interrupt(), _digest_cache(options.cache_dir, rootfs) as cache:
         digest = final_tree_digest(inputs, options.threads, cache)
         built = _build(inputs, options, data, kargsd, stub, digest)
         result = _install(inputs, digest, options.allow_missing_verity, built.cmdline,
@@ -672,7 +674,7 @@ def _inject(rootfs: str, manifest: SealManifest, signed: dict[str, bytes],
             raise SealError(f"the {key} in {rootfs} is not the one the manifest was made from")
     files = {target: by_role[f.role] for f in manifest.files for target in f.targets}
     check_signed_uki(manifest, by_role["uki"])
-    with signals_interrupt(), _digest_cache(cache_dir) as cache:
+    with signals_interrupt(), _digest_cache(cache_dir, rootfs) as cache:
         digest = final_tree_digest(inputs, threads, cache)
         if digest != manifest.digest:
             raise SealError(f"{rootfs} changed since 'seal --external-signing': its "
