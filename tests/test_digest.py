@@ -196,3 +196,8 @@ def test_dumpfile_inside_the_tree_is_refused(tmp_path: Path,
                    "change the tree after its digest was taken; write it outside the tree\n")
     rc, out, _ = run_cli(capsys, str(root), "--write-dumpfile-to", str(tmp_path / "tree.dump"))
     assert rc == 0 and (tmp_path / "tree.dump").read_text().startswith("/ ")
+
+
+def test_root_refusal_comes_before_the_dumpfile_check(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run_cli(capsys, "/", "--write-dumpfile-to", "/tmp/never.dump")
+    assert (rc, err) == (1, f"cfsboot: {ROOT_REFUSAL}\n")

@@ -111,7 +111,9 @@ def run_compute_composefs_digest(request: DigestRequest) -> int:
     if request.threads is not None and request.threads < 1:
         raise CfsError(f"invalid thread count {request.threads}")
     if request.write_dumpfile_to:
+        from cfsboot.boot.digest_cache import check_container_root
         from cfsboot.paths import is_within
+        check_container_root(request.path, boot=request.boot_transform)  # bootc's refusals first
         if is_within(request.path, request.write_dumpfile_to):
             raise CfsError(f"dumpfile {request.write_dumpfile_to} is inside {request.path}: "
                            "writing it would change the tree after its digest was taken; "
