@@ -556,9 +556,9 @@ def seal_external(rootfs: str, outdir: str, options: SealOptions | None = None) 
     """Emit the unsigned UKI and systemd-boot plus a manifest; ``rootfs`` is only read
     (it may be a read-only mount)."""
     options = options or SealOptions()
+    inputs = check_prerequisites(rootfs, options.efi_arch)
     check_outside(rootfs, outdir, "OUTDIR",
                   "the unsigned files would become part of the tree they seal")
-    inputs = check_prerequisites(rootfs, options.efi_arch)
     data = _read_inputs(inputs)
     kargsd = kargs_in_root(rootfs, options.kargs_arch or rust_arch(options.efi_arch))
     stub, _, _ = _stub(inputs, options)
