@@ -213,26 +213,11 @@ def _register_oci(ssub: argparse._SubParsersAction[_IntermixedParser]) -> None:
 
 
 def run_oci(args: argparse.Namespace) -> int:
-    from cfsboot.boot import seal, seal_oci
+    from cfsboot.boot import seal_oci
     from cfsboot.cli.repo import open_repo_from_args
 
-    signer = signer_from_args(args)
-    if args.external_signing:
-        if signer is not None or args.unsigned or args.output:
-            raise CfsError("--external-signing writes unsigned files to OUTDIR: drop "
-                           "--key/--unsigned/--output")
-    elif not args.output:
-        raise CfsError("seal oci needs --output DIR (or --external-signing OUTDIR)")
-    elif signer is None and not args.unsigned:
-        raise CfsError("sealing needs --cert with --key/--sign-command/--pkcs11-uri "
-                       "(or --unsigned for testing, or --external-signing OUTDIR)")
-    elif signer is not None and args.unsigned:
-        raise CfsError("--unsigned conflicts with signing options")
-    options = seal.SealOptions(
-        signer=signer, extra_certs=extra_certs_from_args(args), kargs=args.karg,
-        allow_missing_verity=args.allow_missing_verity, efi_arch=args.efi_arch,
-        kargs_arch=args.kargs_arch, stub_path=args.stub, layout=args.ukify_layout,
-        sign_kernel=args.sign_kernel)
+    signer = _checked_signer(args, output_option=True)
+    options = _seal_options(args, signer)
     if args.external_signing:
         return _run_oci_external(args, options)
     with open_repo_from_args(args) as repo:
@@ -300,24 +285,41 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], lines: Sequence[str]) -
             print(line)
 
 
-def run_build(args: argparse.Namespace) -> int:
-    from cfsboot.boot import seal
-
+def _checked_signer(args: argparse.Namespace, *, output_option: bool) -> Any:
+    """The signer, after checking that exactly one of signing options,
+    --unsigned and --external-signing was chosen (and, for ``seal oci``, that
+    --output goes with the first two)."""
     signer = signer_from_args(args)
     if args.external_signing:
-        if signer is not None or args.unsigned:
-            raise CfsError("--external-signing writes unsigned files: drop --key/--unsigned")
-    elif signer is None and not args.unsigned:
+        if signer is not None or args.unsigned or (output_option and args.output):
+            drop = "--key/--unsigned/--output" if output_option else "--key/--unsigned"
+            raise CfsError(f"--external-signing writes unsigned files to OUTDIR: drop {drop}")
+        return signer
+    if output_option and not args.output:
+        raise CfsError("seal oci needs --output DIR (or --external-signing OUTDIR)")
+    if signer is None and not args.unsigned:
         raise CfsError("sealing needs --cert with --key/--sign-command/--pkcs11-uri "
                        "(or --unsigned for testing, or --external-signing OUTDIR)")
-    elif signer is not None and args.unsigned:
+    if signer is not None and args.unsigned:
         raise CfsError("--unsigned conflicts with signing options")
-    options = seal.SealOptions(
+    return signer
+
+
+def _seal_options(args: argparse.Namespace, signer: Any, **more: Any) -> SealOptions:
+    from cfsboot.boot.seal import SealOptions
+    return SealOptions(
         signer=signer, extra_certs=extra_certs_from_args(args), kargs=args.karg,
         allow_missing_verity=args.allow_missing_verity, efi_arch=args.efi_arch,
         kargs_arch=args.kargs_arch, stub_path=args.stub, layout=args.ukify_layout,
-        sign_kernel=args.sign_kernel, threads=args.threads, cache_dir=args.cache,
-        force=args.force)
+        sign_kernel=args.sign_kernel, **more)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from cfsboot.boot import seal
+
+    signer = _checked_signer(args, output_option=False)
+    options = _seal_options(args, signer, threads=args.threads, cache_dir=args.cache,
+                            force=args.force)
     if args.key and os.path.exists(args.key):
         seal.check_outside(args.rootfs, args.key, "signing key",
                            "it would ship in the sealed image")
