@@ -35,7 +35,7 @@ def _on_disk(root: Path) -> set[bytes]:
     if not (root / "objects").is_dir():
         return out
     for sub in (root / "objects").iterdir():
-        if sub.is_dir():
+        if sub.is_dir() and not sub.is_symlink():
             out |= {bytes.fromhex(sub.name + f.name) for f in sub.iterdir()}
     return out
 
@@ -172,6 +172,31 @@ def test_gc_refuses_dangling_ref_and_non_symlink(tmp_path: Path) -> None:
         (root / "images" / "plainfile").write_bytes(b"")
         with pytest.raises(GcError, match="non-symlink"):
             gc(repo)
+
+
+@pytest.mark.parametrize("where", ["objects/ee", "streams/refs", "images/refs", "streams"])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_gc_never_reaches_outside_through_a_symlinked_directory(
+        tmp_path: Path, where: str, dry_run: bool) -> None:
+    """A symlinked directory in the repository would make a sweep delete files
+    outside it: gc refuses before it deletes anything."""
+    root, outside = tmp_path / "r", tmp_path / "outside"
+    outside.mkdir()
+    with Repository.init(root, SHA256, insecure=True)[0] as repo:
+        unreferenced = repo.ensure_object(b"collect me")
+        (outside / ("e" * 62)).write_bytes(b"not the repository's")
+        os.symlink("../objects/aa/" + "b" * 62, outside / "ref")
+        target = root / where
+        if target.exists():
+            os.rename(target, tmp_path / "moved")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(outside)
+        before = _on_disk(root)
+        with pytest.raises(GcError, match=f"{where} is a symlink, not a directory of the "
+                                          "repository; refusing to collect"):
+            gc(repo, dry_run=dry_run)
+        assert sorted(p.name for p in outside.iterdir()) == ["e" * 62, "ref"]
+        assert _on_disk(root) == before and unreferenced in before
 
 
 _KILLED_IMPORT = r"""

@@ -51,11 +51,33 @@ def gc(repo: Repository, roots: Iterable[str] = (), *, dry_run: bool = False,
             repo.lock_exclusive()
     try:
         with repo.error_paths():
+            _check_layout(repo)
             live = live_objects(repo, roots)
             return _sweep(repo, live, dry_run)
     finally:
         if not dry_run:
             repo.lock_shared()
+
+
+def _check_layout(repo: Repository) -> None:
+    """Every directory gc lists or deletes in must be a directory of the
+    repository itself: through a symlinked ``objects/XX``, ``streams/refs``
+    or the like, a sweep would delete files outside the repository."""
+    dirs = ["objects", "images", "streams", "images/refs", "streams/refs"]
+    try:
+        dirs += [f"objects/{n}" for n in os.listdir(f"/proc/self/fd/{repo.fd}/objects")
+                 if len(n) == 2]
+    except FileNotFoundError:
+        pass
+    for rel in dirs:
+        try:
+            st = os.stat(rel, dir_fd=repo.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            raise GcError(f"GC: {repo.display_path(rel)} is {kind}, not a directory of the "
+                          "repository; refusing to collect (see cfsboot repo fsck)")
 
 
 def live_objects(repo: Repository, roots: Iterable[str] = ()) -> set[bytes]:
@@ -158,8 +180,8 @@ def _sweep(repo: Repository, live: set[bytes], dry_run: bool) -> GcResult:
     removed: set[bytes] = set()
     for sub in (f"{b:02x}" for b in range(256)):
         try:
-            dfd = os.open(f"objects/{sub}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
-                          dir_fd=repo.fd)
+            dfd = os.open(f"objects/{sub}", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, dir_fd=repo.fd)
         except FileNotFoundError:
             continue
         try:
