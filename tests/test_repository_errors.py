@@ -133,7 +133,7 @@ def test_corrupt_image_object_names_repo_path(repo: Path,
     obj.unlink()
     obj.mkdir()
     line = _error(capsys, "repo", "image-objects", "--repo", str(repo), "a/b")
-    assert line == f"cfsboot: Is a directory: {repo}/images/refs/a/b"
+    assert line == f"cfsboot: {repo}/images/refs/a/b is not a regular file"
 
 
 def test_write_errors_name_the_link_not_its_target(repo: Path, tmp_path: Path,

@@ -18,12 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cfsboot.erofs.reader import MAX_IMAGE_SIZE
 from cfsboot.errors import CfsError
 from cfsboot.repository import verity
 from cfsboot.repository.imagerefs import objects_in_image
 from cfsboot.repository.meta import parse_metadata
 from cfsboot.repository.metafile import META
-from cfsboot.repository.objects import object_relpath, parse_object_name
+from cfsboot.repository.objects import object_relpath, open_regular, parse_object_name
 from cfsboot.repository.repo import Repository
 from cfsboot.repository.splitstream import ExternalChunk
 
@@ -175,12 +176,19 @@ def _check_object_dir(repo: Repository, sub: str) -> FsckResult:
                          f"below a 2-hex-digit directory")
             continue
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=repo.fd)
+            # O_NONBLOCK: opening a FIFO planted here must not hang fsck.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                         dir_fd=repo.fd)
         except OSError as e:
             result.objects_corrupted += 1
             result.error("object-open-failed", path, e.strerror)
             continue
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                result.objects_corrupted += 1
+                result.error("object-verity-failed", path, "not a regular file")
+                continue
+            os.set_blocking(fd, True)
             measured = _measure(repo, fd, path, result)
         finally:
             os.close(fd)
@@ -202,10 +210,6 @@ def _measure(repo: Repository, fd: int, path: str, result: FsckResult) -> bytes 
     if not repo.insecure:
         result.objects_corrupted += 1
         result.error("object-verity-missing", path)
-        return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        result.objects_corrupted += 1
-        result.error("object-verity-failed", path, "not a regular file")
         return None
     try:
         return verity.digest_fd(fd, repo.algorithm)[0]
@@ -312,12 +316,18 @@ def _check_stream(repo: Repository, name: str, result: FsckResult) -> bool:
 def _check_image(repo: Repository, name: str, result: FsckResult) -> bool:
     path = f"images/{name}"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=repo.fd)
+        fd = open_regular(repo.fd, path, path)  # never outside the repository, never a FIFO
+    except CfsError as e:
+        result.error("image-open-failed", path, str(e).removeprefix(f"{path} "))
+        return False
     except OSError as e:
         result.error("image-open-failed", path, e.strerror)
         return False
     try:
         with os.fdopen(fd, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_IMAGE_SIZE:
+                result.error("image-invalid", path, f"larger than {MAX_IMAGE_SIZE} bytes")
+                return False
             data = f.read()
     except OSError as e:
         result.error("image-read-failed", path, e.strerror)

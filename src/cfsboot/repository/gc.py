@@ -64,11 +64,9 @@ def _check_layout(repo: Repository) -> None:
     repository itself: through a symlinked ``objects/XX``, ``streams/refs``
     or the like, a sweep would delete files outside the repository."""
     dirs = ["objects", "images", "streams", "images/refs", "streams/refs"]
-    try:
+    with contextlib.suppress(FileNotFoundError):
         dirs += [f"objects/{n}" for n in os.listdir(f"/proc/self/fd/{repo.fd}/objects")
                  if len(n) == 2]
-    except FileNotFoundError:
-        pass
     for rel in dirs:
         try:
             st = os.stat(rel, dir_fd=repo.fd, follow_symlinks=False)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Concatenate, ParamSpec, TypeVar
 
+from cfsboot.erofs.reader import MAX_IMAGE_SIZE
 from cfsboot.errors import CfsError
 from cfsboot.repository import errpaths, symlinks, sysapi, verity
 from cfsboot.repository.meta import (
@@ -46,6 +47,7 @@ from cfsboot.repository.objects import (
     RepositorySink,
     StoreResult,
     object_relpath,
+    open_regular,
     parse_link_target,
 )
 from cfsboot.repository.splitstream import SplitStreamReader, SplitStreamWriter
@@ -366,7 +368,8 @@ class Repository:
         else:
             symlinks.check_ref_name(name)
             try:
-                fd = os.open(f"streams/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+                fd = open_regular(self.fd, f"streams/{name}",
+                                  self.display_path(f"streams/{name}"))
             except FileNotFoundError:
                 raise StreamNotFound(name, self.display_path(f"streams/{name}")) from None
             with errpaths.as_file(f"streams/{name}"):
@@ -436,7 +439,8 @@ class Repository:
         candidates = self._image_candidates(name)
         for found in candidates:
             try:
-                fd = os.open(f"images/{found}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.fd)
+                fd = open_regular(self.fd, f"images/{found}",
+                                  self.display_path(f"images/{found}"))
                 break
             except FileNotFoundError:
                 continue
@@ -512,6 +516,9 @@ class Repository:
     def read_image(self, name: str) -> tuple[bytes, bool, bytes | None]:
         fd, want_verity, digest = self.open_image(name)
         with errpaths.as_file(self.image_relpath(name)), os.fdopen(fd, "rb") as f:
+            if os.fstat(fd).st_size > MAX_IMAGE_SIZE:
+                raise RepositoryError(f"image {self.display_path(self.image_relpath(name))} "
+                                      f"is larger than {MAX_IMAGE_SIZE} bytes")
             return f.read(), want_verity, digest
 
     @_repo_paths

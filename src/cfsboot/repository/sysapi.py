@@ -1,9 +1,11 @@
-"""Linux calls the standard library lacks (via ctypes): syncfs, renameat2 and
-the new mount API (fsopen/fsconfig/fsmount/move_mount), umount2."""
+"""Linux calls the standard library lacks (via ctypes): syncfs, renameat2,
+openat2 (RESOLVE_BENEATH) and the new mount API (fsopen/fsconfig/fsmount/
+move_mount), umount2."""
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from functools import cache
 
@@ -12,6 +14,8 @@ SYS_MOVE_MOUNT = 429
 SYS_FSOPEN = 430
 SYS_FSCONFIG = 431
 SYS_FSMOUNT = 432
+SYS_OPENAT2 = 437
+RESOLVE_BENEATH = 0x08
 
 FSOPEN_CLOEXEC = 1
 FSCONFIG_SET_FLAG = 0
@@ -35,6 +39,27 @@ def _check(ret: int, what: str, path: str | None = None) -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}", path)
     return ret
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def open_beneath(dir_fd: int, path: str, flags: int) -> int:
+    """``openat(dir_fd, path, flags)`` where nothing, symlinks included, may
+    resolve outside ``dir_fd`` (openat2 RESOLVE_BENEATH: EXDEV if it would).
+    Kernels before 5.6 lack openat2; there it is a plain openat."""
+    how = _OpenHow(flags, 0, RESOLVE_BENEATH)
+    ret = _libc().syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(dir_fd),
+                          ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
+                          ctypes.c_size_t(ctypes.sizeof(how)))
+    if ret >= 0:
+        return int(ret)
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EPERM):  # no openat2 (EPERM: a seccomp filter)
+        return os.open(path, flags, dir_fd=dir_fd)
+    raise OSError(err, os.strerror(err), path)
 
 
 def syncfs(fd: int) -> None:
