@@ -166,8 +166,14 @@ def _ref_roots(repo: Repository, category: str) -> list[tuple[bytes, str]]:
     except CfsError as e:
         raise GcError(f"GC: {e}") from None
     out = []
-    for _name, target in refs:
+    for name, target in refs:
         entry = target.rsplit("/", 1)[-1]
+        if not os.path.lexists(f"/proc/self/fd/{repo.fd}/{category}/{entry}"):
+            # Name the ref to remove, not the entry it misses.
+            how = ("remove it (an OCI tag: cfsboot oci untag TAG)"
+                   if category == "streams" and name.startswith("oci/") else "remove it")
+            raise GcError(f"GC: ref {repo.display_path(f'{category}/refs/{name}')} points at "
+                          f"missing {category}/{entry}; {how}")
         out.append((_entry_oid(repo, category, entry), entry))
     return out
 
