@@ -4,6 +4,10 @@ what the path turns out to be.
 A regular file is read as it is.  Anything else (``-``/a pipe, ``/dev/zero``, a
 fifo) is read up to a limit, so a mistaken path gives one clear error instead
 of exhausting memory; a directory is refused up front.
+
+``read_regular_file`` is the stricter variant for inputs that only make sense as
+files (a PE image to inspect or sign): anything but a regular file is refused
+without reading it, and a file above the size limit is refused before reading.
 """
 
 from __future__ import annotations
@@ -44,6 +48,37 @@ def _read_stream(fd: int, name: str, what: str, limit: int) -> bytes:
     while chunk := os.read(fd, 1 << 20):
         total += len(chunk)
         if total > limit:
-            raise CfsError(f"{name}: more than {limit >> 20} MiB; is this really a {what}?")
+            raise CfsError(_too_large(name, what, limit))
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def read_regular_file(path: str, what: str, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them.
+
+    Opened with ``O_NONBLOCK`` so a fifo cannot hang the open; a fifo, device,
+    socket or directory is refused, as is a file larger than ``limit``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except IsADirectoryError:
+        raise CfsError(f"{path}: is a directory, not a {what}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise CfsError(f"{path}: is a directory, not a {what}")
+        if not stat.S_ISREG(st.st_mode):
+            raise CfsError(f"{path}: not a regular file")
+        if st.st_size > limit:
+            raise CfsError(_too_large(path, what, limit))
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)  # the file may have grown since the fstat
+        if len(data) > limit:
+            raise CfsError(_too_large(path, what, limit))
+        return data
+    finally:
+        os.close(fd)
+
+
+def _too_large(name: str, what: str, limit: int) -> str:
+    return f"{name}: more than {limit >> 20} MiB; is this really a {what}?"

@@ -126,22 +126,37 @@ def _key(arg: str) -> str:
     return arg.partition("=")[0].replace("-", "_")
 
 
+def _identity(arg: str) -> tuple[str, str, str]:
+    """What ``identical`` compares: the key with ``-`` as ``_``, whether there is an
+    ``=``, and the value."""
+    key, sep, value = arg.partition("=")
+    return key.replace("-", "_"), sep, value
+
+
 def identical(a: str, b: str) -> bool:
     """Same key (``-`` and ``_`` equal) and same value (or both without ``=``)."""
-    ka, sa, va = a.partition("=")
-    kb, sb, vb = b.partition("=")
-    return _key(ka) == _key(kb) and sa == sb and va == vb
+    return _identity(a) == _identity(b)
 
 
 class Cmdline:
-    """An ordered argument list with add-if-not-identical semantics."""
+    """An ordered argument list with add-if-not-identical semantics.
+
+    The identities of the kept arguments are indexed in a set, so adding is O(1):
+    kargs.d files come from the (possibly untrusted) image being sealed, and a
+    linear scan per argument made a few hundred KB of kargs take minutes.
+    """
 
     def __init__(self, args: Iterable[str] = ()) -> None:
         self.args: list[str] = []
+        self._seen: set[tuple[str, str, str]] = set()
         self.extend(args)
 
     def add(self, arg: str) -> None:
-        if arg and not any(identical(arg, have) for have in self.args):
+        if not arg:
+            return
+        identity = _identity(arg)
+        if identity not in self._seen:
+            self._seen.add(identity)
             self.args.append(arg)
 
     def extend(self, args: Iterable[str]) -> None:

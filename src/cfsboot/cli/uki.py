@@ -18,6 +18,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cfsboot.atomic import atomic_write_bytes
@@ -28,7 +30,27 @@ from cfsboot.cli.signing_options import (
     signer_from_args,
 )
 from cfsboot.errors import CfsError
+from cfsboot.inputs import read_regular_file
 from cfsboot.paths import same_file
+
+# PE offsets and sizes are 32-bit, and firmware loads the whole UKI into memory: a
+# UKI with a large initrd is a few hundred MiB, so more than this is a wrong path
+# (a disk image, /dev/sda) rather than a PE image, and is refused before reading.
+MAX_PE_SIZE = 2 << 30
+
+
+def read_pe_file(path: str) -> bytes:
+    """The bytes of the PE image ``path``: a regular file of at most MAX_PE_SIZE."""
+    return read_regular_file(path, "PE image", MAX_PE_SIZE)
+
+
+@contextmanager
+def _about(path: str) -> Iterator[None]:
+    """Prefix errors raised while parsing the image ``path`` with its name."""
+    try:
+        yield
+    except CfsError as e:
+        raise CfsError(f"{path}: {e}") from e
 
 # Inputs that are "TEXT or @FILE" on the command line, as in ukify.
 
@@ -124,7 +146,7 @@ def run_build(args: argparse.Namespace) -> int:
     extra = [(name, _text_or_file(content, f"--section {name}") or b"")
              for name, content in sections]
     stub_path = args.stub or uki.default_stub_path(args.efi_arch, addon=args.linux is None)
-    stub = Path(stub_path).read_bytes()
+    stub = read_pe_file(stub_path)
     cmdline = None
     if args.cmdline is not None:
         cmdline = (Path(args.cmdline[1:]).read_bytes() if args.cmdline.startswith("@")
@@ -168,7 +190,9 @@ def _maybe_sign_kernel(kernel: bytes, signer: authenticode.Signer, forced: bool)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    report = uki.inspect_uki(Path(args.image).read_bytes())
+    image = read_pe_file(args.image)
+    with _about(args.image):
+        report = uki.inspect_uki(image)
     if args.json:
         json.dump(uki.report_to_json(report), sys.stdout, indent=2)
         print()
@@ -209,10 +233,11 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    image = Path(args.image).read_bytes()
+    image = read_pe_file(args.image)
     trusted = [authenticode.load_certificate(Path(f).read_bytes()) for f in args.cert]
-    problems = [] if args.pe_only else uki.check_uki(image, args.expect_digest)
-    checks = authenticode.verify(image, trusted or None)
+    with _about(args.image):
+        problems = [] if args.pe_only else uki.check_uki(image, args.expect_digest)
+        checks = authenticode.verify(image, trusted or None)
     for c in checks:
         state = "OK" if c.ok else f"FAILED: {c.reason}"
         print(f"signature #{c.info.index} ({c.info.signer_subject or '?'}): {state}")
@@ -330,8 +355,10 @@ def run_sign(args: argparse.Namespace) -> int:
     signer = signer_from_args(args)
     assert signer is not None
     out, mode = _output_and_mode(args)
-    image = Path(args.image).read_bytes()
-    if authenticode.list_signatures(image) and not args.append:
+    image = read_pe_file(args.image)
+    with _about(args.image):  # signing errors after this are the signer's, not the image's
+        signed = bool(authenticode.list_signatures(image))
+    if signed and not args.append:
         raise CfsError(f"{args.image} is already signed (use --append to add a signature, "
                        "or 'uki resign' to replace)")
     return _write_signed(out, mode, authenticode.sign(image, signer, extra_certs_from_args(args),
@@ -342,5 +369,7 @@ def run_resign(args: argparse.Namespace) -> int:
     signer = signer_from_args(args)
     assert signer is not None
     out, mode = _output_and_mode(args)
-    image = authenticode.remove_signatures(Path(args.image).read_bytes())
+    data = read_pe_file(args.image)
+    with _about(args.image):
+        image = authenticode.remove_signatures(data)
     return _write_signed(out, mode, authenticode.sign(image, signer, extra_certs_from_args(args)))
