@@ -155,7 +155,9 @@ def _objects_line(s: SplitStats) -> str:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    tag = args.name or args.source
+    # As cfsctl (`name.unwrap_or(image)`): only an absent NAME means SOURCE; an
+    # explicit "" is a name, and refused as one.
+    tag = args.source if args.name is None else args.name
     bars = _LayerBars(sys.stderr.isatty() and not args.no_progress)
     with open_repo_from_args(args) as repo:
         try:
@@ -201,12 +203,21 @@ def _images(args: argparse.Namespace) -> int:
         print("No images found")
         return 0
     table = [("NAME", "DIGEST", "ARCH", "LAYERS", "REFS")] + [
-        (r["name"], r["manifest_digest"].partition(":")[2][:12], r["architecture"] or "artifact",
+        (_printable(r["name"]), r["manifest_digest"].partition(":")[2][:12],
+         r["architecture"] or "artifact",
          str(r["layer_count"]), str(r["referrer_count"])) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(5)]
     for row in table:
         print(" │ ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def _printable(tag: str) -> str:
+    """A tag on one table line: control characters (possible in tags made by
+    other tools) escaped, as repr() does."""
+    if not any(ord(c) < 0x20 or ord(c) == 0x7F for c in tag):
+        return tag
+    return "".join(repr(c)[1:-1] if ord(c) < 0x20 or ord(c) == 0x7F else c for c in tag)
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from cfsboot.errors import CfsError
 from cfsboot.oci.blobs import MEDIA_CONFIG, Descriptor
 from cfsboot.oci.layers import apply_entry, new_root, read_entries
 from cfsboot.oci.normalize import normalize_for_oci
-from cfsboot.oci.reference import decode_tag, encode_tag, parse_digest
+from cfsboot.oci.reference import check_new_tag, decode_tag, encode_tag, parse_digest
 from cfsboot.repository import (
     CONTENT_OCI_CONFIG,
     CONTENT_OCI_LAYER,
@@ -90,6 +90,7 @@ def manifest_parts(raw: bytes) -> tuple[dict[str, Any], Descriptor, list[Descrip
 # ---- tags -----------------------------------------------------------------------
 
 def tag_image(repo: Repository, manifest_digest: str, name: str) -> None:
+    check_new_tag(name)
     repo.name_stream(manifest_stream(parse_digest(manifest_digest)), "oci/" + encode_tag(name))
 
 

@@ -1,13 +1,18 @@
 """``oci:DIR[:TAG]`` — reading a local OCI image layout (oci-import.md §4.2).
 
-Blobs are opened relative to ``DIR/blobs`` without following symlinks out of
-it, and every blob is size- and digest-checked (stricter than upstream)."""
+Blobs may be symlinks (Bazel rules_oci layouts link into a separate store, and
+skopeo follows them): a link is followed, but what it reaches must be a regular
+file, so a FIFO or device is refused instead of hanging or reading forever.
+Every blob is size- and digest-checked (stricter than upstream), so following
+a link cannot change what is imported."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
+import stat
 from typing import Any, BinaryIO
 
 from cfsboot.errors import CfsError
@@ -29,6 +34,25 @@ _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "i386": "386",
 
 class LayoutError(CfsError):
     """The OCI layout directory is unusable."""
+
+
+class NotRegularError(OSError):
+    """open_regular() reached something other than a regular file."""
+
+
+def open_regular(name: str, dir_fd: int) -> int:
+    """Open ``name`` (symlinks followed) for reading; refuse anything but a
+    regular file.  O_NONBLOCK makes opening a FIFO return at once instead of
+    waiting for a writer; it is cleared again before any read."""
+    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularError(name)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def host_platform() -> tuple[str, str]:
@@ -73,18 +97,11 @@ class OciLayout:
     def _open_raw(self, digest: str) -> BinaryIO:
         algo, _, hexpart = digest.partition(":")
         try:
-            blobs = os.open("blobs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                            dir_fd=self._dir)
-            try:
-                sub = os.open(algo, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=blobs)
-            finally:
-                os.close(blobs)
-            try:
-                fd = os.open(hexpart, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sub)
-            finally:
-                os.close(sub)
+            fd = open_regular(f"blobs/{algo}/{hexpart}", self._dir)
         except FileNotFoundError:
             raise BlobError(f"{self.path}: blob {digest} is missing") from None
+        except NotRegularError:
+            raise BlobError(f"{self.path}: blob {digest} is not a regular file") from None
         except OSError as e:
             raise BlobError(f"{self.path}: cannot open blob {digest}: {e.strerror}") from None
         return os.fdopen(fd, "rb")
@@ -99,10 +116,13 @@ class OciLayout:
 
     def _open_index(self) -> BinaryIO:
         try:
-            fd = os.open("index.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=self._dir)
+            fd = open_regular("index.json", self._dir)
         except FileNotFoundError:
             raise LayoutError(f"{self.path}: not an OCI layout (no index.json)") from None
+        except NotRegularError:
+            raise LayoutError(f"{self.path}: index.json is not a regular file") from None
+        except OSError as e:
+            raise LayoutError(f"{self.path}: cannot open index.json: {e.strerror}") from None
         return os.fdopen(fd, "rb")
 
     def _index(self) -> dict[str, Any]:

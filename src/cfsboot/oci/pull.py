@@ -45,8 +45,14 @@ from cfsboot.oci.image import (
     read_json_stream,
     tag_image,
 )
-from cfsboot.oci.layout import OciLayout
-from cfsboot.oci.reference import encode_tag, parse_digest, parse_image_ref, split_layout_tag
+from cfsboot.oci.layout import LayoutError, OciLayout
+from cfsboot.oci.reference import (
+    check_new_tag,
+    encode_tag,
+    parse_digest,
+    parse_image_ref,
+    split_layout_tag,
+)
 from cfsboot.oci.tarsplit import SplitStats, split_tar
 from cfsboot.repository import (
     CONTENT_OCI_BLOB,
@@ -102,6 +108,13 @@ def open_source(imgref: str, *, tls_verify: bool = True,
     if ref.transport == "oci-archive" and shutil.which("skopeo") is None:
         path, tag = split_layout_tag(ref.details)
         return OciArchive(path, tag)
+    if ref.transport == "oci-archive":
+        # skopeo 1.9 creates its /var/tmp directory before opening the file and
+        # leaves it behind when the file is missing.  Its path rule: up to the
+        # first ':'.
+        path = ref.details.partition(":")[0]
+        if not os.path.lexists(path):
+            raise LayoutError(f"{path}: no such OCI archive")
     from cfsboot.oci.registry import SkopeoSource
     return SkopeoSource(imgref, tls_verify=tls_verify, authfile=authfile)
 
@@ -162,9 +175,11 @@ def pull(repo: Repository, imgref: str, tag: str | None = None, *,
          jobs: int | None = None, progress: Progress | None = None,
          tls_verify: bool = True, authfile: str | None = None) -> PullResult:
     """§3.1: import ``imgref`` and tag it ``tag`` (None: no tag)."""
+    if jobs is not None and jobs < 1:
+        raise CfsError(f"--jobs must be at least 1 (got {jobs})")
     repo.ensure_writable()
     if tag is not None:
-        encode_tag(tag)  # refuse a bad name before doing any work
+        check_new_tag(tag)  # refuse a bad name before doing any work
     source = open_source(imgref, tls_verify=tls_verify, authfile=authfile)
     try:
         stats = SplitStats()

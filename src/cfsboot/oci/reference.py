@@ -55,14 +55,29 @@ def parse_digest(text: str) -> str:
 
 
 def encode_tag(name: str) -> str:
-    """Tag name → file name below ``streams/refs/oci/``."""
+    """Tag name → file name below ``streams/refs/oci/``.  Upstream tags are
+    free-form; only names that cannot be a file name are refused here (``.``
+    and ``..`` fail upstream too, with an errno)."""
     if not name:
         raise ReferenceError("empty tag name")
+    if name in (".", ".."):
+        raise ReferenceError(f"invalid tag name {name!r}")
     if name.startswith("@"):
         raise ReferenceError(f"tag names must not start with '@': {name!r}")
     if "\0" in name:
         raise ReferenceError("tag names must not contain NUL")
     return name.replace("%", "%25").replace("/", "%2F")
+
+
+def check_new_tag(name: str) -> str:
+    """A name for a tag about to be created: :func:`encode_tag`'s rules, and
+    no control characters (a newline would break the line-per-tag output of
+    ``oci images``).  Stricter than upstream, so only new tags are checked:
+    existing ones stay readable and removable."""
+    encode_tag(name)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ReferenceError(f"invalid tag name {name!r} (control characters are not allowed)")
+    return name
 
 
 def decode_tag(encoded: str) -> str:

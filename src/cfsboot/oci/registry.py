@@ -23,6 +23,7 @@ from cfsboot.oci.blobs import MEDIA_CONFIG, Descriptor, VerifiedReader, read_ver
 
 MAX_REPLY = 32 * 1024
 MIN_PROTOCOL = (0, 2, 3)
+CLOSE_TIMEOUT = 10.0  # seconds close() waits for the proxy before giving up on it
 
 
 class ProxyError(CfsError):
@@ -82,6 +83,15 @@ class _FinishingPipe(io.RawIOBase):
         super().close()
 
 
+def _passed_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """The file descriptors an SCM_RIGHTS message carried."""
+    fds = array.array("i")
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    return list(fds)
+
+
 class SkopeoSource:
     """An image source for one image reference, backed by a skopeo process."""
 
@@ -93,6 +103,8 @@ class SkopeoSource:
                              "read without it); install the skopeo package")
         self.imgref = imgref
         self._lock = threading.Lock()
+        self._image: int | None = None
+        self._unanswered: list[str] = []  # requests whose reply was never read (interrupted)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = ours
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
@@ -102,8 +114,12 @@ class SkopeoSource:
         if not tls_verify:
             cmd.append("--tls-verify=false")
         try:
+            # A session of its own: a terminal Ctrl-C reaches only us, and we then
+            # close the image, which is when skopeo removes its /var/tmp copy of an
+            # archive (killed by the SIGINT, it would leave that copy behind).
             self._proc = subprocess.Popen(cmd, stdin=theirs.fileno(), stdout=subprocess.DEVNULL,
-                                          stderr=self._stderr, close_fds=True)
+                                          stderr=self._stderr, close_fds=True,
+                                          start_new_session=True)
         finally:
             theirs.close()
         try:
@@ -111,7 +127,7 @@ class SkopeoSource:
             parts = tuple(int(x) for x in str(version).split(".")[:3])
             if parts < MIN_PROTOCOL:
                 raise ProxyError(f"skopeo proxy protocol {version} is too old (need 0.2.3)")
-            self._image = int(self.call("OpenImage", [imgref])[0])
+            self.call("OpenImage", [imgref])  # sets self._image
         except BaseException:
             self.close()
             raise
@@ -121,16 +137,14 @@ class SkopeoSource:
         with self._lock:
             try:
                 self._sock.send(json.dumps({"method": method, "args": args}).encode())
+                self._unanswered.append(method)
                 data, ancdata, _, _ = self._sock.recvmsg(MAX_REPLY,
                                                          socket.CMSG_SPACE(4 * 4))
+                self._remember_image(self._unanswered.pop(), data)
             except OSError as e:
                 raise ProxyError(f"skopeo proxy failed: {e.strerror}{self._stderr_tail()}") \
                     from None
-        fds = array.array("i")
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-        files = [os.fdopen(fd, "rb") for fd in fds]
+        files = [os.fdopen(fd, "rb") for fd in _passed_fds(ancdata)]
         if not data:
             for f in files:
                 f.close()
@@ -142,6 +156,16 @@ class SkopeoSource:
             error = " ".join(str(reply.get("error")).split())  # one line
             raise ProxyError(f"{self.imgref}: {method}: {error}")
         return reply.get("value"), files[0] if files else None, int(reply.get("pipeid") or 0)
+
+    def _remember_image(self, method: str, reply: bytes) -> None:
+        """Note OpenImage's handle as soon as it arrives (even after an
+        interrupt), so that close() can send CloseImage for it."""
+        if method != "OpenImage" or not reply:
+            return
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            answer = json.loads(reply)
+            if answer.get("success"):
+                self._image = int(answer.get("value"))
 
     def _stderr_tail(self) -> str:
         self._stderr.seek(0)
@@ -188,18 +212,40 @@ class SkopeoSource:
         return read_verified(_FinishingPipe(self, f, pipeid), desc, "config")
 
     def close(self) -> None:
+        """CloseImage (skopeo deletes its temporary copy of an archive only
+        there), then Shutdown; kill the proxy only if it does not answer."""
         try:
             if self._proc.poll() is None:
-                with contextlib.suppress(ProxyError, ValueError):
-                    self.call("Shutdown", [])
+                with contextlib.suppress(ProxyError, ValueError, OSError):
+                    self._say_goodbye()
         finally:
             self._sock.close()
             try:
-                self._proc.wait(timeout=10)
+                self._proc.wait(timeout=CLOSE_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
             self._stderr.close()
+
+    def _say_goodbye(self) -> None:
+        # Another thread may still be inside call() after an interrupt: wait for
+        # it a bounded time, never forever.
+        if not self._lock.acquire(timeout=CLOSE_TIMEOUT):
+            return
+        try:
+            self._sock.settimeout(CLOSE_TIMEOUT)
+            while self._unanswered:  # replies to interrupted requests: resynchronise
+                data, ancdata, _, _ = self._sock.recvmsg(MAX_REPLY, socket.CMSG_SPACE(4 * 4))
+                self._remember_image(self._unanswered.pop(0), data)
+                for fd in _passed_fds(ancdata):
+                    os.close(fd)
+        finally:
+            self._lock.release()
+        if self._image is not None:
+            image, self._image = self._image, None
+            with contextlib.suppress(ProxyError):
+                self.call("CloseImage", [image])
+        self.call("Shutdown", [])
 
     def __enter__(self) -> SkopeoSource:
         return self
