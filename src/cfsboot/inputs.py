@@ -25,14 +25,8 @@ def read_input(path: str, what: str, limit: int = STREAM_LIMIT) -> bytes:
     """The bytes of ``path`` (``-`` = standard input)."""
     if path == "-":
         return _read_stream(sys.stdin.buffer.fileno(), "standard input", what, limit)
+    fd, st = _open_not_a_directory(path, what)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except IsADirectoryError:
-        raise CfsError(f"{path}: is a directory, not a {what}") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise CfsError(f"{path}: is a directory, not a {what}")
         os.set_blocking(fd, True)
         if stat.S_ISREG(st.st_mode):
             with os.fdopen(os.dup(fd), "rb") as f:
@@ -40,6 +34,20 @@ def read_input(path: str, what: str, limit: int = STREAM_LIMIT) -> bytes:
         return _read_stream(fd, path, what, limit)
     finally:
         os.close(fd)
+
+
+def _open_not_a_directory(path: str, what: str) -> tuple[int, os.stat_result]:
+    """``path`` opened without blocking (a fifo must not hang the open) and
+    its fstat; a directory is refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except IsADirectoryError:
+        raise CfsError(f"{path}: is a directory, not a {what}") from None
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        raise CfsError(f"{path}: is a directory, not a {what}")
+    return fd, st
 
 
 def _read_stream(fd: int, name: str, what: str, limit: int) -> bytes:
@@ -58,14 +66,8 @@ def read_regular_file(path: str, what: str, limit: int) -> bytes:
 
     Opened with ``O_NONBLOCK`` so a fifo cannot hang the open; a fifo, device,
     socket or directory is refused, as is a file larger than ``limit``."""
+    fd, st = _open_not_a_directory(path, what)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except IsADirectoryError:
-        raise CfsError(f"{path}: is a directory, not a {what}") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise CfsError(f"{path}: is a directory, not a {what}")
         if not stat.S_ISREG(st.st_mode):
             raise CfsError(f"{path}: not a regular file")
         if st.st_size > limit:
