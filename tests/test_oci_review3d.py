@@ -247,3 +247,16 @@ def test_control_characters_escaped_in_images(pulled: tuple[str, str],
     out, _ = capsys.readouterr()
     assert len(out.splitlines()) == 3 and out.splitlines()[1].startswith("a\\nb ")
     assert main(["oci", "--repo", repo, "untag", "a\nb"]) == 0
+
+
+# ---- F9: a corrupt tar header names its layer -------------------------------------------
+
+def test_corrupt_tar_header_names_the_layer(tmp_path: Path) -> None:
+    tar = bytearray(py_tar([*base_tree(), file_entry("f", b"x" * 100)]))
+    tar[148:156] = b"0000000\0"  # the first header's checksum field
+    man, _ = make_layout(tmp_path / "l", [bytes(tar)], None)
+    layers = json.loads((tmp_path / "l/blobs/sha256" / man[7:]).read_bytes())["layers"]
+    with pytest.raises(CfsError) as caught:
+        pull(new_repo(tmp_path / "r"), f"oci:{tmp_path / 'l'}", "x")
+    assert str(caught.value) == (f"layer {layers[0]['digest']}: tar header checksum mismatch "
+                                 "(corrupt or not a tar archive)")

@@ -53,6 +53,7 @@ from cfsboot.oci.reference import (
     parse_image_ref,
     split_layout_tag,
 )
+from cfsboot.oci.tarheader import TarError
 from cfsboot.oci.tarsplit import SplitStats, split_tar
 from cfsboot.repository import (
     CONTENT_OCI_BLOB,
@@ -132,7 +133,10 @@ def ensure_layer(repo: Repository, source: ImageSource, diff_id: str, desc: Desc
     with raw:
         if desc.media_type in TAR_MEDIA_TYPES:
             tar = _DiffIdCheck(decompressor(desc.media_type, raw), diff_id)
-            writer, stats = split_tar(repo, tar)
+            try:
+                writer, stats = split_tar(repo, tar)
+            except TarError as e:
+                raise TarError(f"layer {desc.digest}: {e}") from None
             while tar.read(1 << 20):  # bytes after the end-of-archive blocks
                 pass
             raw.drain()
