@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,13 @@ def test_no_kernel_and_two_kernels(tmp_path: Path, capsys: pytest.CaptureFixture
     with pytest.raises(PrerequisiteError, match="more than one kernel"):
         find_kernel(str(tmp_path))
     assert main(["container", "inspect", "--rootfs", str(tmp_path)]) == 1
+    # A name that is not UTF-8 is shown with its byte escaped, as lint shows it.
+    modules = tmp_path / "usr/lib/modules"
+    (modules / "2").rename(os.fsdecode(bytes(modules) + b"/k\xff"))
+    capsys.readouterr()
+    assert main(["container", "inspect", "--rootfs", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        "cfsboot: more than one kernel in /usr/lib/modules: 1, k\\xff\n")
 
 
 def test_rootfs_must_be_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -148,6 +148,11 @@ def vmlinuz_dirs(rootfs: str) -> list[str]:
             and _lexists(os.path.join(base, k, "vmlinuz"))]
 
 
+def shown_names(names: Sequence[str]) -> str:
+    """File names for a message: bytes that are not UTF-8 as ``\\xff``."""
+    return ", ".join(os.fsencode(n).decode("utf-8", "backslashreplace") for n in names)
+
+
 def find_kernel(rootfs: str) -> KernelFound | None:
     """The first ``*.efi`` in /boot/EFI/Linux (a UKI wins), else the one vmlinuz."""
     ukis = [n for n in _listdir(os.path.join(rootfs, UKI_DIR))
@@ -156,7 +161,7 @@ def find_kernel(rootfs: str) -> KernelFound | None:
         return KernelFound(os.path.splitext(ukis[0])[0], True, f"{UKI_DIR}/{ukis[0]}")
     kvers = vmlinuz_dirs(rootfs)
     if len(kvers) > 1:
-        raise PrerequisiteError(f"more than one kernel in /{MODULES_DIR}: {', '.join(kvers)}")
+        raise PrerequisiteError(f"more than one kernel in /{MODULES_DIR}: {shown_names(kvers)}")
     if kvers:
         return KernelFound(kvers[0], False, f"{MODULES_DIR}/{kvers[0]}")
     return None
@@ -232,7 +237,7 @@ def check_prerequisites(rootfs: str, efi_arch: str = "x64") -> SealInputs:
     if not kvers:
         raise PrerequisiteError(f"no kernel: no /{MODULES_DIR}/<kver>/vmlinuz in {rootfs}")
     if len(kvers) > 1:
-        raise PrerequisiteError(f"more than one kernel in /{MODULES_DIR}: {', '.join(kvers)}; "
+        raise PrerequisiteError(f"more than one kernel in /{MODULES_DIR}: {shown_names(kvers)}; "
                                 "a sealed image has exactly one")
     kver = kvers[0]
     if not real_directory(rootfs, f"{MODULES_DIR}/{kver}"):
