@@ -527,12 +527,19 @@ seal.seal(sys.argv[1])
 """
 
 
+def _tmpdir_env(sample: Path) -> dict[str, str]:
+    """A kill -9 leaves seal's temporary digest cache behind: keep it beside the
+    test's tree (outside it), not in /tmp."""
+    return {**os.environ, "TMPDIR": str(sample.parent)}
+
+
 def test_kill_9_after_digest_leaves_tree_untouched(sample: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """kill -9 once the digest of the final tree is known: nothing was changed, and
     sealing again just works (the old design had moved the kernel away by then)."""
     before = snapshot(sample)
-    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(sample), "_build"])
+    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(sample), "_build"],
+                          env=_tmpdir_env(sample))
     assert done.returncode == -9
     assert snapshot(sample) == before
     assert main(["seal", str(sample), "--unsigned"]) == 0
@@ -543,7 +550,8 @@ def test_kill_9_during_install_is_recoverable(sample: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """kill -9 in the install step leaves a stage directory; verify and seal say what
     to do, and doing it gives a tree whose seal verifies."""
-    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(sample), "tree_digest"])
+    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(sample), "tree_digest"],
+                          env=_tmpdir_env(sample))
     assert done.returncode == -9
     stages = [n for n in os.listdir(sample / "boot") if n.startswith(".cfsboot-seal-")]
     assert len(stages) == 1
