@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import secrets
 import shutil
 import signal
+import socket
 import stat
 import tempfile
 import threading
@@ -80,40 +80,33 @@ def signals_interrupt() -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def _lock_directory() -> str:
-    """Where seal locks live: outside any tree, private to this user."""
-    if os.geteuid() == 0 and os.path.isdir("/run/lock"):
-        return "/run/lock"
-    return os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-
-
 @contextlib.contextmanager
 def rootfs_locked(rootfs: str) -> Iterator[None]:
-    """Hold an exclusive flock(2) while ROOTFS is sealed, so that a second
-    ``seal`` or ``seal inject`` of the same tree is refused at once instead of
-    failing half-way on the other's temporary files.  The lock is a file named
-    after the tree's device and inode outside it (a lock on the directory
-    itself would refuse callers that serialise with ``flock ROOTFS …``).
-    Where no lock can be taken (no such file system support), sealing goes on
-    unlocked, as before locks existed."""
+    """Hold a lock while ROOTFS is sealed, so that a second ``seal`` or ``seal
+    inject`` of the same tree is refused at once instead of failing half-way
+    on the other's temporary files.
+
+    The lock is an abstract Unix socket named after the tree's device and
+    inode: binding the name is exclusive, and the kernel releases it when the
+    process ends, however it ends, leaving no file behind (a lock file would
+    pile up; a flock on ROOTFS itself would refuse callers that serialise with
+    ``flock ROOTFS …``).  Where it cannot be taken, sealing goes on unlocked."""
     try:
         st = os.stat(rootfs)
-        name = f"cfsboot-seal-{st.st_dev:x}-{st.st_ino:x}.lock"
-        fd = os.open(os.path.join(_lock_directory(), name),
-                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
-        yield  # the prerequisite checks say what is wrong with ROOTFS, if anything
+        yield  # the prerequisite checks say what is wrong with ROOTFS
         return
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InstallError(f"{rootfs} is being sealed by another cfsboot process") from None
-        except OSError:
-            pass  # locks unsupported here: seal unlocked
+            lock.bind(f"\0cfsboot-seal-{st.st_dev:x}-{st.st_ino:x}")
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise InstallError(f"{rootfs} is being sealed by another cfsboot "
+                                   "process") from None
         yield
     finally:
-        os.close(fd)
+        lock.close()
 
 
 @contextlib.contextmanager
