@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Callable
 
 from cfsboot.errors import CfsError
 
@@ -34,6 +35,28 @@ def read_input(path: str, what: str, limit: int = STREAM_LIMIT) -> bytes:
         return _read_stream(fd, path, what, limit)
     finally:
         os.close(fd)
+
+
+class NotRegularError(OSError):
+    """open_regular() reached something other than a regular file."""
+
+
+def open_regular(path: str, dir_fd: int | None = None,
+                 opener: Callable[[str, int, int | None], int] | None = None) -> int:
+    """``path`` opened for reading, only if it is a regular file (else
+    NotRegularError).  O_NONBLOCK makes opening a FIFO return at once instead
+    of waiting for a writer; it is cleared before any read.  ``opener``
+    replaces ``os.open`` (e.g. one that resolves beneath ``dir_fd``)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    fd = opener(path, flags, dir_fd) if opener else os.open(path, flags, dir_fd=dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularError(path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _open_not_a_directory(path: str, what: str) -> tuple[int, os.stat_result]:

@@ -8,14 +8,13 @@ a link cannot change what is imported."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
-import stat
 from typing import Any, BinaryIO
 
 from cfsboot.errors import CfsError
+from cfsboot.inputs import NotRegularError, open_regular
 from cfsboot.oci.blobs import (
     MEDIA_CONFIG,
     MEDIA_DELTA,
@@ -34,25 +33,6 @@ _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "386", "i386": "386",
 
 class LayoutError(CfsError):
     """The OCI layout directory is unusable."""
-
-
-class NotRegularError(OSError):
-    """open_regular() reached something other than a regular file."""
-
-
-def open_regular(name: str, dir_fd: int) -> int:
-    """Open ``name`` (symlinks followed) for reading; refuse anything but a
-    regular file.  O_NONBLOCK makes opening a FIFO return at once instead of
-    waiting for a writer; it is cleared again before any read."""
-    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularError(name)
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def host_platform() -> tuple[str, str]:

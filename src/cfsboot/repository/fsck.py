@@ -20,11 +20,12 @@ from typing import Any
 
 from cfsboot.erofs.reader import MAX_IMAGE_SIZE
 from cfsboot.errors import CfsError
+from cfsboot.inputs import NotRegularError, open_regular
 from cfsboot.repository import verity
 from cfsboot.repository.imagerefs import objects_in_image
 from cfsboot.repository.meta import parse_metadata
 from cfsboot.repository.metafile import META
-from cfsboot.repository.objects import object_relpath, open_regular, parse_object_name
+from cfsboot.repository.objects import object_relpath, open_repository_file, parse_object_name
 from cfsboot.repository.repo import Repository
 from cfsboot.repository.splitstream import ExternalChunk
 
@@ -176,19 +177,18 @@ def _check_object_dir(repo: Repository, sub: str) -> FsckResult:
                          f"below a 2-hex-digit directory")
             continue
         try:
-            # O_NONBLOCK: opening a FIFO planted here must not hang fsck.
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
-                         dir_fd=repo.fd)
+            # Not through a symlink, and never hanging on a FIFO planted here.
+            fd = open_regular(path, repo.fd,
+                              lambda p, flags, at: os.open(p, flags | os.O_NOFOLLOW, dir_fd=at))
+        except NotRegularError:
+            result.objects_corrupted += 1
+            result.error("object-verity-failed", path, "not a regular file")
+            continue
         except OSError as e:
             result.objects_corrupted += 1
             result.error("object-open-failed", path, e.strerror)
             continue
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                result.objects_corrupted += 1
-                result.error("object-verity-failed", path, "not a regular file")
-                continue
-            os.set_blocking(fd, True)
             measured = _measure(repo, fd, path, result)
         finally:
             os.close(fd)
@@ -316,7 +316,7 @@ def _check_stream(repo: Repository, name: str, result: FsckResult) -> bool:
 def _check_image(repo: Repository, name: str, result: FsckResult) -> bool:
     path = f"images/{name}"
     try:
-        fd = open_regular(repo.fd, path, path)  # never outside the repository, never a FIFO
+        fd = open_repository_file(repo.fd, path, path)  # never outside it, never a FIFO
     except CfsError as e:
         result.error("image-open-failed", path, str(e).removeprefix(f"{path} "))
         return False

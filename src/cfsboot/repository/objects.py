@@ -17,13 +17,13 @@ import contextlib
 import errno
 import os
 import secrets
-import stat
 import string
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from cfsboot import inputs
 from cfsboot.errors import CfsError
 from cfsboot.repository import errpaths, sysapi, verity
 from cfsboot.repository.meta import Algorithm
@@ -36,22 +36,24 @@ class ObjectError(CfsError):
     """An object is missing or its content does not match its name."""
 
 
-def open_regular(dir_fd: int, rel: str, shown: str) -> int:
+def open_repository_file(dir_fd: int, rel: str, shown: str) -> int:
     """A repository file opened for reading: never through a symlink that leads
     out of ``dir_fd`` (openat2 RESOLVE_BENEATH), and never anything but a
     regular file (a FIFO would hang its reader, a device never end).  ``shown``
     names it in errors; a missing file raises FileNotFoundError as open does."""
     try:
-        fd = sysapi.open_beneath(dir_fd, rel, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        return inputs.open_regular(rel, dir_fd, _open_beneath)
+    except inputs.NotRegularError:
+        raise ObjectError(f"{shown} is not a regular file") from None
     except OSError as e:
         if e.errno == errno.EXDEV:
             raise ObjectError(f"{shown} leads outside the repository") from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ObjectError(f"{shown} is not a regular file")
-    os.set_blocking(fd, True)
-    return fd
+
+
+def _open_beneath(path: str, flags: int, dir_fd: int | None) -> int:
+    assert dir_fd is not None
+    return sysapi.open_beneath(dir_fd, path, flags)
 
 
 def object_relpath(digest: bytes) -> str:
@@ -155,7 +157,7 @@ class ObjectStore:
         objects_fd = self.objects_fd
         try:
             with self.error_paths():
-                fd = open_regular(objects_fd, object_relpath(digest), self._display(digest))
+                fd = open_repository_file(objects_fd, object_relpath(digest), self._display(digest))
         except FileNotFoundError:
             raise ObjectError(f"object not found: {self.alg.to_id(digest)} "
                               f"(no {self._display(digest)})") from None

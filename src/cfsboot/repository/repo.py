@@ -47,7 +47,7 @@ from cfsboot.repository.objects import (
     RepositorySink,
     StoreResult,
     object_relpath,
-    open_regular,
+    open_repository_file,
     parse_link_target,
 )
 from cfsboot.repository.splitstream import SplitStreamReader, SplitStreamWriter
@@ -368,7 +368,7 @@ class Repository:
         else:
             symlinks.check_ref_name(name)
             try:
-                fd = open_regular(self.fd, f"streams/{name}",
+                fd = open_repository_file(self.fd, f"streams/{name}",
                                   self.display_path(f"streams/{name}"))
             except FileNotFoundError:
                 raise StreamNotFound(name, self.display_path(f"streams/{name}")) from None
@@ -439,7 +439,7 @@ class Repository:
         candidates = self._image_candidates(name)
         for found in candidates:
             try:
-                fd = open_regular(self.fd, f"images/{found}",
+                fd = open_repository_file(self.fd, f"images/{found}",
                                   self.display_path(f"images/{found}"))
                 break
             except FileNotFoundError:
