@@ -328,9 +328,11 @@ def check_outside_repository(output: str, repo: Repository | None = None) -> Non
     """Refuse to write into a composefs repository (``repo``, or any found
     above ``output``): its own layout is all a repository may hold, and fsck
     and gc fail on anything else."""
-    found = enclosing_repository(output)
-    inside = repo.path if repo is not None and is_within(repo.path, output) else (
-        found[0] if found is not None else None)
+    if repo is not None and is_within(repo.path, output):
+        inside: str | None = repo.path
+    else:
+        found = enclosing_repository(output)
+        inside = found[0] if found is not None else None
     if inside is not None:
         raise SealError(f"{output} is inside the repository {inside}; give a directory "
                         "outside it")

@@ -73,6 +73,14 @@ class ResultStore:
 
     def __init__(self, directory: str) -> None:
         self.path = os.path.join(directory, "results.v2")
+        self._read: dict[str, bytes] | None = None  # as first read, for lookups
+
+    def _recorded(self) -> dict[str, bytes]:
+        """The file as read once for ``has_any`` and ``get`` (a lookup reads it
+        once; ``put`` reads it again, as another run may have written it)."""
+        if self._read is None:
+            self._read = self._load()
+        return self._read
 
     def _load(self) -> dict[str, bytes]:
         """Fingerprint (hex) -> the rest of its line, oldest first."""
@@ -91,12 +99,12 @@ class ResultStore:
         return lines
 
     def has_any(self) -> bool:
-        return bool(self._load())
+        return bool(self._recorded())
 
     def get(self, fingerprint: bytes) -> RecordedResult | None:
         """The result recorded for ``fingerprint``; None when there is none or
         its line is damaged."""
-        line = self._load().get(fingerprint.hex())
+        line = self._recorded().get(fingerprint.hex())
         if line is None:
             return None
         digest_hex, *fields = line.decode("ascii", "replace").split(" ")
