@@ -145,7 +145,7 @@ def run_build(args: argparse.Namespace) -> int:
     _check_output(args.output)
     extra = [(name, _text_or_file(content, f"--section {name}") or b"")
              for name, content in sections]
-    stub_path = args.stub or uki.default_stub_path(args.efi_arch, addon=args.linux is None)
+    stub_path = _stub_path(args)
     stub = read_pe_file(stub_path)
     cmdline = None
     if args.cmdline is not None:
@@ -263,6 +263,11 @@ def _section_spec(spec: str) -> tuple[str, str]:
     return name, content
 
 
+def _stub_path(args: argparse.Namespace) -> str:
+    """--stub, else the host's stub for a UKI (or for an addon, without --linux)."""
+    return args.stub or uki.default_stub_path(args.efi_arch, addon=args.linux is None)
+
+
 def _at_file(value: str | None) -> list[str]:
     """The file of a ``TEXT|@FILE`` value, if it names one."""
     return [value[1:]] if value is not None and value.startswith("@") else []
@@ -280,8 +285,7 @@ def _build_inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
     files += [("--cmdline", f) for f in _at_file(args.cmdline)]
     files += [("--sbat", f) for s in args.sbat for f in _at_file(s)]
     files += [("--section", f) for s in args.section for f in _at_file(s.partition(":")[2])]
-    files.append(("--stub", args.stub or uki.default_stub_path(args.efi_arch,
-                                                               addon=args.linux is None)))
+    files.append(("--stub", _stub_path(args)))
     if args.os_release is not None:
         files += [("--os-release", f) for f in _at_file(args.os_release)]
     elif args.linux is not None:
